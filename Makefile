@@ -1,0 +1,36 @@
+# The two set-up commands of the README.  Each does its whole set-up on a fresh
+# Debian machine as root: Debian packages, a virtual environment, pip packages.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+APT_BASE := python3-venv python3-pip fuse3
+APT_BENCH := libfuse3-dev pkg-config gcc
+
+.PHONY: run test test-vm lint bench deps clean
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	tools/apt-need $(APT_BASE)
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(VENV)/bin/pykld run examples/hello.py --demo
+
+test: $(STAMP) lint
+	$(PY) -m pytest -q --ignore=tests/cuse
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests examples bench
+	$(VENV)/bin/mypy
+
+bench: $(STAMP)
+	tools/apt-need $(APT_BENCH)
+	$(PY) bench/membuf_bench.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,3 @@
+from pykld.cli import main
+
+raise SystemExit(main())

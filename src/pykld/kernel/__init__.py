@@ -1,0 +1,1 @@
+"""The kernel layer: module registry, devfs, file dispatch, scheduling, malloc, dmesg."""

@@ -1,0 +1,151 @@
+"""devfs: the namespace of character devices, and who is told when it changes.
+
+A cdev is what make_dev(9) returns: a name (which may contain directories),
+ownership and mode, the driver object that serves it, and the lock that
+serialises its operations unless the driver opts out.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import stat
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pykld.kernel.modules import LoadedModule
+    from pykld.kernel.sched import Thread
+
+MAX_NAME = 255  # SPECNAMELEN
+_inodes = itertools.count(2)  # 1 is the devfs root
+
+
+@dataclass
+class CdevStats:
+    opens: int = 0
+    reads: int = 0
+    writes: int = 0
+    ioctls: int = 0
+    polls: int = 0
+    bytes_read: int = 0
+    bytes_written: int = 0
+    errors: int = 0  # operations that failed with the driver's errno
+    faults: int = 0  # operations the driver crashed in (the caller got EIO)
+
+
+@dataclass(eq=False)
+class Cdev:
+    name: str
+    device: Any  # the driver's CharacterDevice
+    uid: int
+    gid: int
+    mode: int  # permission bits only
+    module: LoadedModule | None
+    lock: threading.Lock | None  # None when the driver serialises itself
+    seekable: bool
+    ino: int = field(default_factory=lambda: next(_inodes))
+    created: float = field(default_factory=time.time)
+    open_count: int = 0
+    destroyed: bool = False
+    active: set[Thread] = field(default_factory=set)  # operations in progress
+    stats: CdevStats = field(default_factory=CdevStats)
+    devfs: Devfs | None = None
+
+    @property
+    def path(self) -> str:
+        return "/dev/" + self.name
+
+    def destroy(self) -> None:
+        """destroy_dev(9): remove the node; open files get ENXIO, sleepers are woken."""
+        if self.devfs is not None:
+            self.devfs.remove(self)
+
+    def may_open(self, uid: int, gids: tuple[int, ...], flags: int) -> bool:
+        """The access check a real device node gets from the kernel."""
+        if uid == 0:
+            return True
+        # Access mode 3 (Linux's ioctl-only open) needs both, as Linux's ACC_MODE says.
+        want = {0: stat.S_IROTH, 1: stat.S_IWOTH}.get(flags & 3, stat.S_IROTH | stat.S_IWOTH)
+        if uid == self.uid:
+            granted = (self.mode >> 6) & 7
+        elif self.gid in gids:
+            granted = (self.mode >> 3) & 7
+        else:
+            granted = self.mode & 7
+        return want & granted == want
+
+
+def check_name(name: str) -> str:
+    """A devfs name: relative, no empty, '.' or '..' components, no NUL, not too long."""
+    if not isinstance(name, str) or not name:
+        raise OSError(errno.EINVAL, f"invalid device name {name!r}", None)
+    parts = name.split("/")
+    if len(name) > MAX_NAME or "\0" in name or any(p in ("", ".", "..") for p in parts):
+        raise OSError(errno.EINVAL, f"invalid device name {name!r}", None)
+    return name
+
+
+Listener = Callable[[str, Cdev], None]  # ("create" | "destroy", cdev)
+
+
+class Devfs:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._cdevs: dict[str, Cdev] = {}
+        self._listeners: list[Listener] = []
+
+    def subscribe(self, listener: Listener) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Listener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def add(self, cdev: Cdev) -> Cdev:
+        name = check_name(cdev.name)
+        with self._lock:
+            if name in self._cdevs:
+                raise OSError(errno.EEXIST, f"device {name!r} already exists", None)
+            for other in self._cdevs:
+                # A name cannot be both a device and a directory of devices.
+                if other.startswith(name + "/") or name.startswith(other + "/"):
+                    raise OSError(errno.EEXIST, f"device {name!r} collides with {other!r}", None)
+            self._cdevs[name] = cdev
+            cdev.devfs = self
+        self._tell("create", cdev)
+        return cdev
+
+    def remove(self, cdev: Cdev) -> None:
+        with self._lock:
+            if self._cdevs.get(cdev.name) is not cdev:
+                return
+            del self._cdevs[cdev.name]
+            cdev.destroyed = True
+            sleepers = list(cdev.active)
+        for td in sleepers:
+            td.interrupt(errno.ENXIO)
+        self._tell("destroy", cdev)
+
+    def _tell(self, what: str, cdev: Cdev) -> None:
+        for listener in list(self._listeners):
+            listener(what, cdev)
+
+    def lookup(self, name: str) -> Cdev | None:
+        return self._cdevs.get(name)
+
+    def __iter__(self) -> Iterator[Cdev]:
+        with self._lock:
+            return iter(list(self._cdevs.values()))
+
+    def directories(self) -> set[str]:
+        """Every directory implied by the device names ("bus" for "bus/i2c-1")."""
+        dirs: set[str] = set()
+        for name in list(self._cdevs):
+            parts = name.split("/")[:-1]
+            for depth in range(1, len(parts) + 1):
+                dirs.add("/".join(parts[:depth]))
+        return dirs

@@ -1,0 +1,195 @@
+"""Open files and the dispatch of their operations to drivers.
+
+Every transport ends here: it turns a caller's system call into one of these
+methods.  Here, and only here, the device lock is taken, curthread is set, the
+counters move, and a driver's exception is contained: an OSError passes its
+errno to the caller, anything else costs that caller EIO and leaves a
+traceback in dmesg, and the kernel goes on serving.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from pykld.kernel import ioccom
+from pykld.kernel.sched import Thread, _curthread
+from pykld.kernel.uio import Buffer, Uio
+from pykld.transport.uaccess import NeedIovecs, UserMemory
+
+if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
+    from pykld.kernel.kernel import Kernel
+    from pykld.kernel.sched import Poller
+
+_count_lock = threading.Lock()
+
+
+class OpenFile:
+    """One open of a device (a struct file plus its cdevpriv)."""
+
+    __slots__ = ("kernel", "cdev", "flags", "uid", "gids", "pid", "private", "closed")
+
+    def __init__(self, kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int, ...],
+                 pid: int) -> None:
+        self.kernel = kernel
+        self.cdev = cdev
+        self.flags = flags
+        self.uid = uid
+        self.gids = gids
+        self.pid = pid
+        self.private: Any = None  # per-open driver state (devfs_set_cdevpriv)
+        self.closed = False
+
+    @property
+    def nonblock(self) -> bool:
+        return bool(self.flags & os.O_NONBLOCK)
+
+    def _run(self, td: Thread | None, op: str, flags: int | None, *args: Any) -> Any:
+        cdev = self.cdev
+        if cdev.destroyed:
+            raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
+        if td is None:
+            td = Thread()
+        td.kernel = self.kernel
+        td.module = cdev.module
+        td.file = self
+        td.nonblock = bool((self.flags if flags is None else flags) & os.O_NONBLOCK)
+        token = _curthread.set(td)
+        cdev.active.add(td)
+        lock = cdev.lock
+        try:
+            if cdev.destroyed:
+                # Destroyed between the check above and joining `active`: destroy()
+                # did not see this thread to interrupt it, so a sleep would never end.
+                raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
+            if lock is not None:
+                lock.acquire()
+                td.lock = lock
+            try:
+                return getattr(cdev.device, op)(self, *args)
+            finally:
+                if lock is not None:
+                    lock.release()
+        except OSError as exc:
+            cdev.stats.errors += 1
+            if not isinstance(exc.errno, int) or exc.errno <= 0:
+                raise OSError(errno.EIO, f"{cdev.path}: {op} failed: {exc}", None) from exc
+            raise
+        except NeedIovecs:
+            raise
+        except (Exception, SystemExit) as exc:
+            cdev.stats.faults += 1
+            self.kernel.log_fault(cdev.module, f"{op} on {cdev.path}", exc)
+            raise OSError(errno.EIO, f"{cdev.path}: driver fault in {op}: {exc!r}", None) from exc
+        finally:
+            cdev.active.discard(td)
+            _curthread.reset(token)
+
+    def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
+        uio = Uio.for_read(offset, size)
+        self._run(td, "read", flags, uio)
+        stats = self.cdev.stats
+        stats.reads += 1
+        stats.bytes_read += size - uio.resid
+        return uio
+
+    def write(self, offset: int, data: Buffer, flags: int | None = None, td: Thread | None = None) -> int:
+        uio = Uio.for_write(offset, data)
+        self._run(td, "write", flags, uio)
+        done = len(data) - uio.resid
+        stats = self.cdev.stats
+        stats.writes += 1
+        stats.bytes_written += done
+        return done
+
+    def ioctl(self, cmd: int, arg: int = 0, data: Buffer | None = None,
+              memory: UserMemory | None = None, td: Thread | None = None) -> tuple[int, bytearray | None]:
+        """Run ioctl `cmd`.  Sized commands get a buffer of the encoded size (filled
+        from `data` when the command copies in); others get the integer `arg`.
+        Returns the result and, for commands that copy out, the buffer."""
+        decoded = ioccom.decode(cmd)
+        buf: bytearray | None = None
+        if decoded.size:
+            buf = bytearray(decoded.size)
+            if decoded.copies_in:
+                if data is None or len(data) < decoded.size:
+                    raise OSError(errno.EFAULT, "ioctl argument shorter than its encoded size", None)
+                buf[:] = memoryview(data)[: decoded.size]
+        if td is None:
+            td = Thread()
+        td.memory = memory
+        result = self._run(td, "ioctl", None, cmd, buf if buf is not None else arg)
+        self.cdev.stats.ioctls += 1
+        if result is None:
+            result = 0
+        if not isinstance(result, int):
+            self._bad_result("ioctl", result)
+        return result, buf if decoded.copies_out else None
+
+    def poll(self, events: int, poller: Poller | None = None, td: Thread | None = None) -> int:
+        if td is None:
+            td = Thread()
+        td.poller = poller
+        revents = self._run(td, "poll", None, events)
+        self.cdev.stats.polls += 1
+        if revents is None:
+            return 0
+        if not isinstance(revents, int):
+            self._bad_result("poll", revents)  # int() of it would raise outside containment
+        return revents
+
+    def _bad_result(self, op: str, result: Any) -> NoReturn:
+        """A driver returned what its operation cannot return: a fault like an exception,
+        so the caller gets EIO and dmesg says why."""
+        self.cdev.stats.faults += 1
+        text = f"{op} on {self.cdev.path} returned {result!r}, not an int"
+        name = self.cdev.module.name if self.cdev.module is not None else "kernel"
+        self.kernel.printf(name, f"fault: {text}")
+        raise OSError(errno.EIO, f"{self.cdev.path}: {text}", None)
+
+    def close(self, td: Thread | None = None) -> None:
+        """Close this open.  On a destroyed device it succeeds without the driver."""
+        if self.closed:
+            return
+        self.closed = True
+        cdev = self.cdev
+        with _count_lock:
+            cdev.open_count -= 1
+        if not cdev.destroyed:
+            try:
+                self._run(td, "close", None)
+            except OSError as exc:
+                # Destroyed while we got here: close still succeeds, without the driver.
+                if not (exc.errno == errno.ENXIO and cdev.destroyed):
+                    raise
+
+    def __repr__(self) -> str:
+        return f"<OpenFile {self.cdev.path} flags={self.flags:#o}{' closed' if self.closed else ''}>"
+
+
+def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int, ...], pid: int,
+              check_access: bool = True, td: Thread | None = None) -> OpenFile:
+    """d_open: check access, let the driver accept or refuse, then count the open."""
+    if cdev.destroyed:
+        raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
+    if check_access and not cdev.may_open(uid, gids, flags):
+        raise OSError(errno.EACCES, f"{cdev.path}: permission denied", None)
+    file = OpenFile(kernel, cdev, flags & ~(os.O_CREAT | os.O_TRUNC | os.O_EXCL), uid, gids, pid)
+    with _count_lock:
+        cdev.open_count += 1  # counted first, so an unload racing this open sees it
+    try:
+        file._run(td, "open", None)
+    except BaseException:
+        with _count_lock:
+            cdev.open_count -= 1
+        raise
+    cdev.stats.opens += 1
+    return file
+
+
+def format_fault(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(exc)).rstrip()

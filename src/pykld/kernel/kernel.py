@@ -1,0 +1,225 @@
+"""The kernel: modules, devices, open files and the message buffer of one host.
+
+This is the in-process API that tests, the sim transport and the daemon use:
+
+    k = Kernel()
+    k.kldload("examples/hello.py")
+    with k.open("/dev/rustmodule", os.O_RDWR) as f: ...
+    k.kldunload("hello")
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import os
+import threading
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from pykld.kernel import file as files
+from pykld.kernel import modules
+from pykld.kernel.devfs import Cdev, Devfs
+from pykld.kernel.dmesg import MessageBuffer
+from pykld.kernel.malloc import MallocStat, MallocType
+from pykld.kernel.modules import LoadedModule, ModuleEvent
+from pykld.kernel.sched import Thread, _curthread
+
+if TYPE_CHECKING:
+    from pykld.transport.sim import SimFile
+
+
+class ModuleStat(NamedTuple):
+    """One row of kldstat."""
+
+    id: int
+    name: str
+    path: str
+    refs: int  # open files on the module's devices
+    devices: list[str]
+
+
+class Kernel:
+    def __init__(self, dmesg_lines: int = 4096) -> None:
+        self.devfs = Devfs()
+        self.msgbuf = MessageBuffer(dmesg_lines)
+        self._modules: dict[str, LoadedModule] = {}
+        self._lock = threading.RLock()  # module registry changes, one at a time
+        self._ids = itertools.count(1)
+
+    # -- module(9) -------------------------------------------------------------
+
+    def kldload(self, target: str) -> int:
+        """Load the module in file `target` (a path, or a name looked up in the module
+        path or importable); run its LOAD event.  Returns the module's id.
+
+        A LOAD that fails leaves nothing behind: its devices are destroyed and the
+        error is raised (an OSError; a driver crash becomes EIO with its text)."""
+        path = modules.resolve(target)
+        try:
+            pymodule = modules.import_fresh(path)
+        except OSError:
+            raise
+        except BaseException as exc:
+            self.log_fault(None, f"import of {path}", exc)
+            raise OSError(errno.ENOEXEC, f"{path}: import failed: {exc!r}", None) from exc
+        try:
+            cls = modules.module_class(pymodule, path)
+            name = getattr(cls, "name", None) or cls.__name__.lower()
+            with self._lock:
+                if name in self._modules:
+                    raise OSError(errno.EEXIST, f"module {name!r} is already loaded", None)
+                record = LoadedModule(name, path, None, pymodule, next(self._ids))
+                record.malloc_types = [v for v in vars(pymodule).values() if isinstance(v, MallocType)]
+                self._modules[name] = record
+        except BaseException:
+            modules.forget(pymodule)
+            raise
+        try:
+            record.instance = self._construct(record, cls)
+            self._event(record, ModuleEvent.LOAD)
+        except BaseException:
+            self._discard(record)
+            raise
+        return record.id
+
+    def _construct(self, record: LoadedModule, cls: type) -> Any:
+        token = _curthread.set(Thread(self, record))
+        try:
+            return cls()
+        except OSError:
+            raise
+        except (Exception, SystemExit) as exc:
+            self.log_fault(record, "module construction", exc)
+            raise OSError(errno.EIO, f"module {record.name}: {exc!r}", None) from exc
+        finally:
+            _curthread.reset(token)
+
+    def _event(self, record: LoadedModule, event: ModuleEvent) -> None:
+        """Run one module event as the module; driver crashes become OSError(EIO)."""
+        token = _curthread.set(Thread(self, record))
+        try:
+            record.instance.modevent(event)
+        except OSError:
+            raise
+        except (Exception, SystemExit) as exc:
+            self.log_fault(record, f"{event.name} event", exc)
+            raise OSError(errno.EIO, f"module {record.name}: {event.name} failed: {exc!r}", None) from exc
+        finally:
+            _curthread.reset(token)
+
+    def _discard(self, record: LoadedModule) -> None:
+        """Take away everything a module had: devices, registry entry, its code."""
+        for cdev in record.live_cdevs:
+            cdev.destroy()
+        with self._lock:
+            if self._modules.get(record.name) is record:
+                del self._modules[record.name]
+        for mtype in record.malloc_types:
+            if mtype.inuse:
+                self.printf("kernel", f"{record.name}: malloc type {mtype.name} leaks {mtype.inuse} bytes")
+        modules.forget(record.pymodule)
+
+    def kldunload(self, target: str | int, force: bool = False) -> None:
+        """Unload a module by name or id.
+
+        EBUSY while any of its devices is open, or when QUIESCE vetoes; `force`
+        overrides both (open files then get ENXIO) and unloads even when UNLOAD fails."""
+        with self._lock:
+            record = self._find(target)
+            if record.refs and not force:
+                raise OSError(errno.EBUSY, f"module {record.name}: {record.refs} open file(s)", None)
+            try:
+                self._event(record, ModuleEvent.QUIESCE)
+            except OSError:
+                if not force:
+                    raise
+            try:
+                self._event(record, ModuleEvent.UNLOAD)
+            except OSError as exc:
+                if not force:
+                    raise
+                self.printf("kernel", f"{record.name}: forced unload despite: {exc}")
+            self._discard(record)
+
+    def _find(self, target: str | int) -> LoadedModule:
+        for record in self._modules.values():
+            if target in (record.name, record.id, str(record.id)):
+                return record
+        raise OSError(errno.ENOENT, f"module {target!r} is not loaded", None)
+
+    def kldstat(self) -> list[ModuleStat]:
+        with self._lock:
+            records = sorted(self._modules.values(), key=lambda r: r.id)
+        return [ModuleStat(r.id, r.name, r.path, r.refs, [c.name for c in r.live_cdevs]) for r in records]
+
+    def module(self, target: str | int) -> LoadedModule:
+        return self._find(target)
+
+    def shutdown(self) -> None:
+        """SHUTDOWN to every module, newest first, then unload them all (forced)."""
+        with self._lock:
+            records = sorted(self._modules.values(), key=lambda r: -r.id)
+        for record in records:
+            try:
+                self._event(record, ModuleEvent.SHUTDOWN)
+            except OSError as exc:
+                self.printf("kernel", f"{record.name}: SHUTDOWN failed: {exc}")
+            self.kldunload(record.name, force=True)
+
+    # -- devices ---------------------------------------------------------------
+
+    def make_dev(self, device: Any, name: str, uid: int = 0, gid: int = 0, mode: int = 0o600,
+                 module: LoadedModule | None = None) -> Cdev:
+        if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+            raise OSError(errno.EINVAL, f"make_dev: invalid mode {mode!r}", None)
+        serialized = getattr(device, "serialized", True)
+        cdev = Cdev(name=name, device=device, uid=uid, gid=gid, mode=mode & 0o777, module=module,
+                    lock=threading.Lock() if serialized else None,
+                    seekable=getattr(device, "seekable", True))
+        self.devfs.add(cdev)
+        if module is not None:
+            module.cdevs.append(cdev)
+        return cdev
+
+    def lookup(self, path: str) -> Cdev:
+        name = path[len("/dev/"):] if path.startswith("/dev/") else path
+        cdev = self.devfs.lookup(name)
+        if cdev is None:
+            raise OSError(errno.ENOENT, f"no such device: {path}", None)
+        return cdev
+
+    def open_file(self, path: str | Cdev, flags: int = os.O_RDONLY, uid: int | None = None,
+                  gids: tuple[int, ...] | None = None, pid: int | None = None,
+                  check_access: bool = True, td: Thread | None = None) -> files.OpenFile:
+        """Open a device for a transport: the kernel-side file, no file position."""
+        cdev = path if isinstance(path, Cdev) else self.lookup(path)
+        return files.open_cdev(
+            self, cdev, flags,
+            os.geteuid() if uid is None else uid,
+            (*os.getgroups(), os.getegid()) if gids is None else gids,
+            os.getpid() if pid is None else pid, check_access, td)
+
+    def open(self, path: str, flags: int = os.O_RDONLY, uid: int | None = None,
+             gids: tuple[int, ...] | None = None) -> SimFile:
+        """Open a device in process, as open(2) would: a file with a position."""
+        from pykld.transport.sim import SimFile
+
+        return SimFile(self.open_file(path, flags, uid, gids))
+
+    # -- messages and accounting -------------------------------------------------
+
+    def printf(self, module: str, text: str) -> None:
+        self.msgbuf.write(module, text)
+
+    def log_fault(self, record: LoadedModule | None, what: str, exc: BaseException) -> None:
+        name = record.name if record is not None else "kernel"
+        self.msgbuf.write(name, f"fault in {what}: {exc!r}\n{files.format_fault(exc)}")
+
+    def dmesg(self) -> list[str]:
+        return self.msgbuf.formatted()
+
+    def malloc_stats(self) -> list[MallocStat]:
+        """vmstat -m: usage of every loaded module's malloc types."""
+        with self._lock:
+            records = list(self._modules.values())
+        return [t.stat() for r in records for t in r.malloc_types]

@@ -1,0 +1,120 @@
+"""Module records and the loader that finds a module in a Python file (the linker).
+
+A driver file declares one module: a class marked as a pykld module (the kpi's
+Module base sets the mark).  Each load imports the file afresh, so a module
+reloaded after an edit runs its new code, as kldload of a rebuilt .ko does.
+"""
+
+from __future__ import annotations
+
+import enum
+import errno
+import importlib
+import importlib.util
+import itertools
+import os
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
+    from pykld.kernel.malloc import MallocType
+
+
+class ModuleEvent(enum.IntEnum):
+    """modeventtype_t, with FreeBSD's values."""
+
+    LOAD = 0
+    UNLOAD = 1
+    SHUTDOWN = 2
+    QUIESCE = 3
+
+
+_imports = itertools.count(1)  # private names for each fresh import
+
+
+@dataclass(eq=False)
+class LoadedModule:
+    name: str
+    path: str
+    instance: Any  # the driver's Module object
+    pymodule: types.ModuleType
+    id: int
+    cdevs: list[Cdev] = field(default_factory=list)
+    malloc_types: list[MallocType] = field(default_factory=list)
+
+    @property
+    def refs(self) -> int:
+        """Open files on this module's devices."""
+        return sum(c.open_count for c in self.cdevs if not c.destroyed)
+
+    @property
+    def live_cdevs(self) -> list[Cdev]:
+        return [c for c in self.cdevs if not c.destroyed]
+
+
+def module_path() -> list[Path]:
+    """Where a module named without a path is looked for (kern.module_path)."""
+    configured = os.environ.get("PYKLD_MODULE_PATH")
+    if configured:
+        return [Path(p) for p in configured.split(os.pathsep) if p]
+    return [Path.cwd(), Path.cwd() / "examples"]
+
+
+def resolve(target: str) -> str:
+    """Find the file for a path or a bare name; fall back to an importable module name."""
+    as_path = Path(target)
+    if as_path.suffix == ".py" or os.sep in target:
+        if not as_path.is_file():
+            raise OSError(errno.ENOENT, f"no such module file: {target}", None)
+        return str(as_path.resolve())
+    for directory in module_path():
+        candidate = directory / f"{target}.py"
+        if candidate.is_file():
+            return str(candidate.resolve())
+    try:
+        spec = importlib.util.find_spec(target)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or spec.origin is None:
+        raise OSError(errno.ENOENT, f"no module named {target!r} in the module path or importable", None)
+    return spec.origin
+
+
+def import_fresh(path: str) -> types.ModuleType:
+    """Import the file at `path` under a name of its own, so every load is a new copy."""
+    name = f"pykld_loaded_{next(_imports)}_{Path(path).stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise OSError(errno.ENOEXEC, f"{path}: not a Python module", None)
+    pymodule = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pymodule  # dataclasses and pickling look a module up by name
+    try:
+        spec.loader.exec_module(pymodule)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return pymodule
+
+
+def forget(pymodule: types.ModuleType) -> None:
+    sys.modules.pop(pymodule.__name__, None)
+
+
+def module_class(pymodule: types.ModuleType, path: str) -> type:
+    """The one module class a driver file declares."""
+    declared = getattr(pymodule, "MODULE", None)
+    if declared is not None:
+        return declared  # type: ignore[no-any-return]
+    found = [
+        obj for obj in vars(pymodule).values()
+        if isinstance(obj, type) and getattr(obj, "__pykld_module__", False)
+        and obj.__module__ == pymodule.__name__
+    ]
+    if len(found) != 1:
+        what = "no module class" if not found else f"{len(found)} module classes"
+        raise OSError(errno.ENOEXEC, f"{path}: {what} (subclass pykld.Module once, or set MODULE)", None)
+    return found[0]

@@ -1,0 +1,42 @@
+"""module(9): a module declares itself by subclassing Module and handles its events."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from pykld.kernel.modules import ModuleEvent
+
+
+class Module:
+    """A loadable module.  Subclass once per driver file and set `name`.
+
+    LOAD runs `load()`; a LOAD that raises leaves nothing behind.  QUIESCE runs
+    `quiesce()`, which may veto an unload by raising OSError(EBUSY) (a forced
+    unload goes on anyway).  UNLOAD runs `unload()`; devices the module still
+    has afterwards are destroyed for it.  SHUTDOWN runs `shutdown()`.  Override
+    `modevent()` instead to see the raw events, as a FreeBSD modevent handler does.
+    """
+
+    __pykld_module__: ClassVar[bool] = True
+    name: ClassVar[str] = ""
+
+    def modevent(self, event: ModuleEvent) -> None:
+        handler = {
+            ModuleEvent.LOAD: self.load,
+            ModuleEvent.UNLOAD: self.unload,
+            ModuleEvent.QUIESCE: self.quiesce,
+            ModuleEvent.SHUTDOWN: self.shutdown,
+        }[event]
+        handler()
+
+    def load(self) -> None:
+        pass
+
+    def unload(self) -> None:
+        pass
+
+    def quiesce(self) -> None:
+        pass
+
+    def shutdown(self) -> None:
+        pass

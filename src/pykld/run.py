@@ -1,0 +1,127 @@
+"""`pykld run`: load a module, publish its devices, serve until SIGINT/SIGTERM.
+
+Without a choice, the transport is the best this machine has: cuse (true
+character devices), then fuse (files in a FUSE devfs, bound at /dev/NAME as
+root), then sim (in process only).
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib
+import importlib.util
+import os
+import signal
+import subprocess
+import threading
+from typing import Protocol
+
+from pykld.kernel.kernel import Kernel
+
+TRANSPORTS = ("cuse", "fuse", "sim")
+
+
+class Transport(Protocol):
+    name: str
+
+    def start(self) -> None: ...
+
+    def settle(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def device_path(self, cdev_name: str) -> str: ...
+
+
+def _usable(path: str) -> bool:
+    return os.path.exists(path) and os.access(path, os.R_OK | os.W_OK)
+
+
+def available() -> list[str]:
+    """The transports this machine can run, best first."""
+    found = []
+    if _usable("/dev/cuse") and os.geteuid() == 0 and _has_cuse_transport():
+        found.append("cuse")
+    if _usable("/dev/fuse"):
+        found.append("fuse")
+    found.append("sim")
+    return found
+
+
+def _has_cuse_transport() -> bool:
+    return importlib.util.find_spec("pykld.transport.cuse") is not None
+
+
+def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Transport | None:
+    if name == "fuse":
+        from pykld.transport.fuse import DEFAULT_DEV_DIR, FuseTransport
+
+        return FuseTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind)
+    if name == "cuse":
+        cuse = importlib.import_module("pykld.transport.cuse")
+        return cuse.CuseTransport(kernel)  # type: ignore[no-any-return]
+    return None
+
+
+def _demo_shell(path: str) -> None:
+    """The seed's round trip, by real programs on the published device."""
+    script = f'echo "hi rust" > {path}; cat {path}'
+    print(f"$ {script.replace('; ', chr(10) + '$ ')}", flush=True)
+    subprocess.run(["sh", "-c", script], check=False)
+
+
+def _demo_sim(kernel: Kernel, path: str) -> None:
+    with kernel.open(path, os.O_WRONLY) as f:
+        f.write(b"hi rust\n")
+    with kernel.open(path) as f:
+        print(f"(sim) wrote 'hi rust' to {path}, read back: {f.read().decode(errors='replace')}", end="")
+
+
+def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
+        demo: bool = False) -> int:
+    choice = transport or available()[0]
+    if choice not in available():
+        raise OSError(errno.ENODEV, f"transport {choice} is not available here", None)
+    kernel = Kernel()
+    published = make_transport(kernel, choice, dev_dir, bind)
+    if published is not None:
+        published.start()
+    try:
+        kernel.kldload(module)
+        record = kernel.kldstat()[-1]
+        if published is not None:
+            published.settle()
+        paths = [published.device_path(n) if published else f"/dev/{n}" for n in record.devices]
+        print(f"pykld: transport {choice}{'' if transport else ' (picked: best available)'}; "
+              f"module {record.name} loaded", flush=True)
+        for path in paths:
+            print(f"pykld: device {path}", flush=True)
+        if paths:
+            print(f"pykld: try: echo \"hi rust\" > {paths[0]}; cat {paths[0]}", flush=True)
+        if demo and paths:
+            (_demo_sim(kernel, record.devices[0]) if published is None else _demo_shell(paths[0]))
+        if published is None:
+            print("pykld: the sim transport serves this process only; nothing to wait for", flush=True)
+            return 0
+        print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
+        _wait_for_signal()
+        return 0
+    finally:
+        kernel.shutdown()
+        if published is not None:
+            published.stop()
+
+
+def _wait_for_signal() -> None:
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(3600):
+            pass
+    finally:
+        for signum, previous in old.items():
+            signal.signal(signum, previous)

@@ -1,0 +1,1 @@
+"""Transports turn the kernel's file dispatch into device files: sim, fuse, cuse."""

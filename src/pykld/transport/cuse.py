@@ -1,0 +1,246 @@
+"""The cuse transport: each cdev a true character device node, through Linux CUSE.
+
+One channel (/dev/cuse descriptor) per cdev.  CUSE_INIT names the node and
+asks for unrestricted ioctls; then the channel carries the same requests as
+FUSE, served by the shared file operations.  Unrestricted ioctl lets a driver
+follow pointers in its argument (copyin/copyout) through the kernel's retry
+protocol: reads the driver needs are fetched by a retry and the driver run
+again; its writes are sent back as out-iovecs after it ran once.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pykld.fuse import abi, reply
+from pykld.fuse.request import Request, negotiate_minor
+from pykld.kernel import ioccom
+from pykld.transport.fileops import FileOps
+from pykld.transport.session import Reply, Session
+from pykld.transport.uaccess import Iovec, IovecMemory, NeedIovecs
+
+if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
+    from pykld.kernel.kernel import Kernel
+
+MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
+NODE_TIMEOUT = 10.0
+
+
+def cuse_available() -> bool:
+    """/dev/cuse exists, loading the cuse module first when it is missing and we may."""
+    if not os.path.exists("/dev/cuse") and os.geteuid() == 0:
+        subprocess.run(["modprobe", "cuse"], capture_output=True, check=False)
+    return os.path.exists("/dev/cuse") and os.access("/dev/cuse", os.R_OK | os.W_OK)
+
+
+class CuseHandler(FileOps):
+    """Serves one cdev's channel."""
+
+    def __init__(self, kernel: Kernel, cdev: Cdev) -> None:
+        super().__init__(kernel)
+        self.cdev = cdev
+        self.ready = threading.Event()
+        self.stopping = False
+        self.table: dict[int, Any] = self.handlers()
+        self.table.update({abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
+                           abi.Opcode.IOCTL: self.do_ioctl_unrestricted})
+        # Unrestricted ioctls in progress, by (fh, cmd, arg): the caller memory
+        # fetched so far, and a finished call's reply waiting for its out-iovecs.
+        self._fetched: dict[tuple[int, int, int], list[Iovec]] = {}
+        self._finished: dict[tuple[int, int, int], tuple[int, bytes]] = {}
+
+    def __call__(self, req: Request) -> Reply:
+        handler = self.table.get(req.opcode)
+        if handler is None:
+            return reply.error(req.unique, errno.ENOSYS)
+        result: Reply = handler(req)
+        return result
+
+    def do_cuse_init(self, req: Request) -> Reply:
+        minor = negotiate_minor(req.args)
+        if minor < abi.CUSE_MIN_MINOR:
+            raise OSError(errno.EPROTO, f"kernel FUSE minor {minor} is too old for CUSE", None)
+        self.session.minor = minor
+        self.ready.set()
+        return reply.cuse_init(req.unique, minor=minor, flags=abi.CUSE_UNRESTRICTED_IOCTL, max_read=MAX_IO,
+                               max_write=MAX_IO, dev_major=0, dev_minor=0, devname=self.cdev.name)
+
+    def do_open(self, req: Request) -> Reply:
+        if self.stopping:  # the transport's own wake-up open: this worker leaves
+            raise OSError(errno.ENODEV, "channel closing", None)
+        fh, _ = self.open_cdev(req, self.cdev, req.args.flags)
+        return reply.open(req.unique, fh, self.open_flags(self.cdev))
+
+    def do_ioctl_unrestricted(self, req: Request) -> Reply:
+        args = req.args
+        if args.flags & abi.FUSE_IOCTL_COMPAT:
+            raise OSError(errno.ENOSYS, "32-bit compat ioctls are not supported", None)
+        file = self._file(args.fh)
+        key = (args.fh, args.cmd, args.arg)
+        finished = self._finished.pop(key, None)
+        if finished is not None and args.out_size == len(finished[1]):
+            return reply.ioctl(req.unique, finished[0], finished[1])  # the retry for our writes
+        cmd = ioccom.decode(args.cmd)
+        # A sized command's argument travels as in FUSE's restricted form.
+        base_in = [(args.arg, cmd.size)] if cmd.size and cmd.copies_in else []
+        base_out = [(args.arg, cmd.size)] if cmd.size and cmd.copies_out else []
+        fetched = self._fetched.pop(key, base_in)
+        if args.in_size != sum(n for _, n in fetched) or args.out_size < sum(n for _, n in base_out):
+            fetched = base_in
+            if base_in or base_out:
+                self._fetched[key] = fetched
+                return reply.ioctl_retry(req.unique, fetched, base_out)
+        memory = IovecMemory(fetched, args.data)
+        td = self._thread(req)
+        try:
+            result, out = file.ioctl(args.cmd, args.arg, args.data[: cmd.size] if base_in else None, memory, td)
+        except NeedIovecs as need:
+            more = fetched + [iov for iov in need.reads if iov not in fetched]
+            self._fetched[key] = more
+            return reply.ioctl_retry(req.unique, more, base_out)
+        finally:
+            self._inflight.pop(req.unique, None)
+        payload = bytes(out[: cmd.size]) if out is not None and base_out else b""
+        if not memory.writes:
+            return reply.ioctl(req.unique, result, payload)
+        out_iovs = base_out + [(addr, len(data)) for addr, data in memory.writes]
+        self._finished[key] = (result, payload + b"".join(data for _, data in memory.writes))
+        return reply.ioctl_retry(req.unique, fetched, out_iovs)
+
+
+class CuseChannel:
+    """One cdev's /dev/cuse descriptor, its session and its node."""
+
+    def __init__(self, kernel: Kernel, cdev: Cdev) -> None:
+        self.kernel = kernel
+        self.cdev = cdev
+        self.node = f"/dev/{cdev.name}"
+        self.rdev = 0
+        self.handler = CuseHandler(kernel, cdev)
+        self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
+        self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_IO), name=f"cuse:{cdev.name}",
+                               log=lambda text: kernel.printf("kernel", text))
+        self.handler.session = self.session
+
+    def start(self) -> None:
+        self.session.start()
+        if not self.handler.ready.wait(NODE_TIMEOUT):
+            self.close()
+            raise OSError(errno.ETIMEDOUT, f"CUSE did not initialise {self.node}", None)
+        deadline = time.monotonic() + NODE_TIMEOUT
+        while not os.path.exists(self.node):
+            if time.monotonic() > deadline:
+                self.close()
+                raise OSError(errno.ETIMEDOUT, f"{self.node} did not appear", None)
+            time.sleep(0.005)
+        st = os.stat(self.node)
+        self.rdev = st.st_rdev
+        os.chown(self.node, self.cdev.uid, self.cdev.gid)
+        os.chmod(self.node, self.cdev.mode)
+
+    def withdraw_node(self) -> None:
+        """Remove the node now, while open files still drain through the channel."""
+        try:
+            if os.path.exists(self.node) and os.stat(self.node).st_rdev == self.rdev:
+                os.unlink(self.node)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        """Stop the workers (each leaves on a request we send it), then the channel."""
+        self.handler.stopping = True
+        self.session.stop()
+        if self.rdev:
+            self._wake_workers()
+        self.handler.close_all()
+        os.close(self.fd)
+
+    def _wake_workers(self) -> None:
+        # A worker blocked in read(2) on the channel only notices the end when a
+        # request arrives; open our own node for it (a private one: the public
+        # node may be gone already) until every worker has left.
+        with tempfile.TemporaryDirectory(prefix="pykld-cuse-") as private:
+            node = os.path.join(private, "wake")
+            os.mknod(node, 0o600 | stat.S_IFCHR, self.rdev)
+            deadline = time.monotonic() + 5
+            while self.session.workers and time.monotonic() < deadline:
+                try:
+                    os.close(os.open(node, os.O_RDONLY | os.O_NONBLOCK))
+                except OSError:
+                    pass
+                time.sleep(0.001)
+
+
+class CuseTransport:
+    """Publishes every cdev of a kernel as a character device through CUSE."""
+
+    name = "cuse"
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.channels: dict[Cdev, CuseChannel] = {}
+        self._draining: list[CuseChannel] = []  # destroyed while open: closed when the last file goes
+        self._lock = threading.Lock()
+
+    def device_path(self, cdev_name: str) -> str:
+        return f"/dev/{cdev_name}"
+
+    def start(self) -> None:
+        if not cuse_available():
+            raise OSError(errno.ENODEV, "/dev/cuse is not available (no CUSE in this kernel?)", None)
+        for cdev in self.kernel.devfs:
+            self._on_devfs("create", cdev)
+        self.kernel.devfs.subscribe(self._on_devfs)
+
+    def _on_devfs(self, what: str, cdev: Cdev) -> None:
+        if what == "create":
+            created = CuseChannel(self.kernel, cdev)
+            try:
+                created.start()
+            except OSError as exc:
+                self.kernel.printf("kernel", f"{cdev.name}: no CUSE node: {exc.strerror}")
+                return
+            with self._lock:
+                self.channels[cdev] = created
+            return
+        with self._lock:
+            channel = self.channels.pop(cdev, None)
+        if channel is None:
+            return
+        if cdev.open_count:
+            channel.withdraw_node()
+            with self._lock:
+                self._draining.append(channel)
+            threading.Thread(target=self._drain, args=(channel,), daemon=True).start()
+        else:
+            channel.close()
+
+    def _drain(self, channel: CuseChannel) -> None:
+        while channel.handler.files and not channel.handler.stopping:
+            time.sleep(0.05)
+        if not channel.handler.stopping:
+            channel.close()
+        with self._lock:
+            if channel in self._draining:
+                self._draining.remove(channel)
+
+    def settle(self) -> None:
+        """Channels are set up synchronously: nothing to wait for."""
+
+    def stop(self) -> None:
+        self.kernel.devfs.unsubscribe(self._on_devfs)
+        with self._lock:
+            channels = list(self.channels.values()) + self._draining
+            self.channels.clear()
+            self._draining.clear()
+        for channel in channels:
+            if not channel.handler.stopping:
+                channel.close()

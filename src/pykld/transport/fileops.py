@@ -1,0 +1,187 @@
+"""The file operations FUSE and CUSE share: read, write, ioctl, poll, release, interrupt.
+
+Each turns one decoded request into a call on the kernel's open file and an
+encoded reply.  The open-file table maps the kernel's file handle numbers
+(fh) to the kernel's files; the in-flight table maps request ids to the
+kernel threads serving them, so a FUSE_INTERRUPT reaches the right sleeper.
+"""
+
+from __future__ import annotations
+
+import errno
+import itertools
+import threading
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any
+
+from pykld.fuse import abi, notify, reply
+from pykld.fuse.request import Request
+from pykld.kernel.sched import Thread
+
+if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
+    from pykld.kernel.file import OpenFile
+    from pykld.kernel.kernel import Kernel
+    from pykld.transport.session import Reply, Session
+
+_EARLY_INTERRUPTS = 256  # interrupts remembered for requests not seen yet
+
+
+class FusePoller:
+    """A poll caller on the far side of the kernel: selwakeup sends FUSE_NOTIFY_POLL."""
+
+    __slots__ = ("session", "kh")
+
+    def __init__(self, session: Session, kh: int) -> None:
+        self.session = session
+        self.kh = kh
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, FusePoller) and other.kh == self.kh
+
+    def __hash__(self) -> int:
+        return hash(self.kh)
+
+    def notify(self) -> None:
+        self.session.send(notify.poll(self.kh))
+
+
+class FileOps:
+    """Request handlers for operations on open files; subclasses add opening."""
+
+    session: Session
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.kernel = kernel
+        self.files: dict[int, OpenFile] = {}
+        self._fhs = itertools.count(1)
+        self._inflight: dict[int, Thread] = {}
+        self._early: OrderedDict[int, None] = OrderedDict()
+        self._early_lock = threading.Lock()
+
+    def log(self, text: str) -> None:
+        self.kernel.printf("kernel", text)
+
+    # -- bookkeeping -------------------------------------------------------------------
+
+    def _thread(self, req: Request) -> Thread:
+        td = Thread()
+        self._inflight[req.unique] = td
+        if self._early:
+            with self._early_lock:
+                if self._early.pop(req.unique, 0) is None:
+                    td.interrupt(errno.EINTR)
+        return td
+
+    def _file(self, fh: int) -> OpenFile:
+        file = self.files.get(fh)
+        if file is None:
+            raise OSError(errno.EBADF, f"no open file {fh}", None)
+        return file
+
+    def open_cdev(self, req: Request, cdev: Cdev, flags: int) -> tuple[int, OpenFile]:
+        """Open `cdev` for the caller of `req`; the kernel checked permissions already."""
+        td = self._thread(req)
+        try:
+            file = self.kernel.open_file(cdev, flags, uid=req.uid, gids=(req.gid,), pid=req.pid,
+                                         check_access=False, td=td)
+        finally:
+            self._inflight.pop(req.unique, None)
+        fh = next(self._fhs)
+        self.files[fh] = file
+        return fh, file
+
+    @staticmethod
+    def open_flags(cdev: Cdev) -> int:
+        """Device semantics: no page cache, and no offsets for streams."""
+        if cdev.seekable:
+            return abi.FOPEN_DIRECT_IO
+        return abi.FOPEN_DIRECT_IO | abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM
+
+    # -- handlers -----------------------------------------------------------------------
+
+    def do_read(self, req: Request) -> Reply:
+        args = req.args
+        file = self._file(args.fh)
+        td = self._thread(req)
+        try:
+            uio = file.read(args.offset if file.cdev.seekable else 0, args.size, args.flags, td)
+        finally:
+            self._inflight.pop(req.unique, None)
+        return reply.data(req.unique, uio.chunks)
+
+    def do_write(self, req: Request) -> Reply:
+        args = req.args
+        file = self._file(args.fh)
+        td = self._thread(req)
+        try:
+            count = file.write(args.offset if file.cdev.seekable else 0, args.data, args.flags, td)
+        finally:
+            self._inflight.pop(req.unique, None)
+        return reply.write(req.unique, count)
+
+    def do_ioctl(self, req: Request) -> Reply:
+        """Restricted ioctl: the kernel copied the argument by its encoded size."""
+        args = req.args
+        if args.flags & abi.FUSE_IOCTL_COMPAT:
+            raise OSError(errno.ENOSYS, "32-bit compat ioctls are not supported", None)
+        file = self._file(args.fh)
+        td = self._thread(req)
+        try:
+            result, out = file.ioctl(args.cmd, args.arg, args.data, None, td)
+        finally:
+            self._inflight.pop(req.unique, None)
+        return reply.ioctl(req.unique, result, out[: args.out_size] if out is not None else b"")
+
+    def do_poll(self, req: Request) -> Reply:
+        args = req.args
+        file = self._file(args.fh)
+        poller = FusePoller(self.session, args.kh) if args.flags & abi.FUSE_POLL_SCHEDULE_NOTIFY else None
+        return reply.poll(req.unique, file.poll(args.events, poller))
+
+    def do_flush(self, req: Request) -> Reply:
+        self._file(req.args.fh)
+        return reply.empty(req.unique)
+
+    def do_release(self, req: Request) -> Reply:
+        file = self.files.pop(req.args.fh, None)
+        if file is not None:
+            try:
+                file.close()
+            except OSError as exc:  # release has no caller left to tell
+                self.log(f"close of {file.cdev.path} failed: {exc}")
+        return reply.empty(req.unique)
+
+    def do_interrupt(self, req: Request) -> Reply:
+        target = req.args.unique
+        td = self._inflight.get(target)
+        if td is not None:
+            td.interrupt(errno.EINTR)
+        else:
+            # The interrupt overtook its request (another worker has not started
+            # it yet): remember it for a while.
+            with self._early_lock:
+                self._early[target] = None
+                while len(self._early) > _EARLY_INTERRUPTS:
+                    self._early.popitem(last=False)
+        return None
+
+    def do_fsync(self, req: Request) -> Reply:
+        return reply.empty(req.unique)
+
+    def close_all(self) -> None:
+        """The connection is gone: close what its callers left open."""
+        for fh in list(self.files):
+            file = self.files.pop(fh)
+            try:
+                file.close()
+            except OSError:
+                pass
+
+    def handlers(self) -> dict[int, Any]:
+        op = abi.Opcode
+        return {
+            op.READ: self.do_read, op.WRITE: self.do_write, op.IOCTL: self.do_ioctl,
+            op.POLL: self.do_poll, op.FLUSH: self.do_flush, op.RELEASE: self.do_release,
+            op.INTERRUPT: self.do_interrupt, op.FSYNC: self.do_fsync,
+        }

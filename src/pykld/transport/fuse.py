@@ -1,0 +1,307 @@
+"""The fuse transport: a devfs mounted with FUSE, one file per cdev.
+
+Devices keep device semantics on a filesystem made for files: direct I/O (every
+read and write reaches the driver), the caller's offset passed through,
+streams nonseekable, O_TRUNC/O_CREAT of shell redirections ignored, ioctl in
+FUSE's restricted form, poll with wake-up notifications, FUSE_INTERRUPT as
+EINTR.  Permissions are the kernel's (default_permissions) from make_dev's
+mode, uid and gid.  As root each device is also bind-mounted at /dev/NAME.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import queue
+import stat
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from pykld.fuse import abi, notify, reply
+from pykld.fuse.request import Request, negotiate_minor
+from pykld.transport import mount
+from pykld.transport.fileops import FileOps
+from pykld.transport.session import Reply, Session
+
+if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
+    from pykld.kernel.kernel import Kernel
+
+ROOT = abi.FUSE_ROOT_ID
+MAX_WRITE = 1 << 20  # one request carries up to 1 MiB
+TIMEOUT = 1.0  # seconds the kernel may cache names and attributes
+INIT_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRITES | abi.FUSE_MAX_PAGES
+              | abi.FUSE_PARALLEL_DIROPS)
+DEFAULT_DEV_DIR = "/run/pykld/dev"
+
+
+def _ns(seconds: float) -> int:
+    return int(seconds * 1e9)
+
+
+class DevfsHandler(FileOps):
+    """Answers FUSE requests from the kernel's devfs: names, attributes, opens."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        super().__init__(kernel)
+        self.started = _ns(time.time())
+        self._dir_ino: dict[str, int] = {"": ROOT}
+        self._dir_path: dict[int, str] = {ROOT: ""}
+        self._cdevs: dict[int, Cdev] = {}
+        self._lock = threading.Lock()
+        self.table: dict[int, Any] = self.handlers()
+        op = abi.Opcode
+        self.table.update({
+            op.INIT: self.do_init, op.LOOKUP: self.do_lookup, op.GETATTR: self.do_getattr,
+            op.SETATTR: self.do_setattr, op.OPEN: self.do_open, op.OPENDIR: self.do_opendir,
+            op.READDIR: self.do_readdir, op.RELEASEDIR: self.do_releasedir, op.STATFS: self.do_statfs,
+            op.ACCESS: self.do_access, op.FORGET: self.no_reply, op.BATCH_FORGET: self.no_reply,
+            op.DESTROY: self.do_destroy,
+        })
+        for refused in (op.CREATE, op.MKNOD, op.MKDIR, op.UNLINK, op.RMDIR, op.RENAME, op.RENAME2,
+                        op.SYMLINK, op.LINK, op.SETXATTR, op.REMOVEXATTR):
+            self.table[refused] = self.do_refuse
+        self.destroyed = threading.Event()
+
+    def __call__(self, req: Request) -> Reply:
+        handler = self.table.get(req.opcode)
+        if handler is None:
+            return reply.error(req.unique, errno.ENOSYS)
+        result: Reply = handler(req)
+        return result
+
+    # -- the node table ----------------------------------------------------------------
+
+    def track(self, what: str, cdev: Cdev) -> None:
+        with self._lock:
+            if what == "create":
+                self._cdevs[cdev.ino] = cdev
+            else:
+                self._cdevs.pop(cdev.ino, None)
+
+    def _dir_node(self, path: str) -> int:
+        with self._lock:
+            ino = self._dir_ino.get(path)
+            if ino is None:
+                ino = self._dir_ino[path] = 1 << 40 | len(self._dir_ino)  # never a cdev's number
+                self._dir_path[ino] = path
+            return ino
+
+    def _dir_attr(self, ino: int) -> reply.Attr:
+        return reply.Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2, atime=self.started,
+                          mtime=self.started, ctime=self.started)
+
+    @staticmethod
+    def _cdev_attr(cdev: Cdev) -> reply.Attr:
+        created = _ns(cdev.created)
+        return reply.Attr(ino=cdev.ino, mode=stat.S_IFREG | cdev.mode, nlink=1, uid=cdev.uid,
+                          gid=cdev.gid, atime=created, mtime=created, ctime=created)
+
+    def _attr(self, nodeid: int) -> reply.Attr:
+        cdev = self._cdevs.get(nodeid)
+        if cdev is not None:
+            return self._cdev_attr(cdev)
+        path = self._dir_path.get(nodeid)
+        if path is not None and (path == "" or path in self.kernel.devfs.directories()):
+            return self._dir_attr(nodeid)
+        raise OSError(errno.ENOENT, "no such node", None)
+
+    def _children(self, path: str) -> list[tuple[str, bool]]:
+        """(name, is_directory) of each entry in the devfs directory `path`."""
+        prefix = path + "/" if path else ""
+        names: dict[str, bool] = {}
+        for cdev in self.kernel.devfs:
+            if cdev.name.startswith(prefix):
+                rest = cdev.name[len(prefix):]
+                head, sep, _ = rest.partition("/")
+                names[head] = names.get(head, False) or bool(sep)
+        return sorted(names.items())
+
+    # -- handlers ----------------------------------------------------------------------
+
+    def do_init(self, req: Request) -> Reply:
+        minor = negotiate_minor(req.args)
+        self.session.minor = minor
+        return reply.init(req.unique, minor=minor, max_readahead=req.args.max_readahead,
+                          flags=INIT_FLAGS & req.args.flags, max_background=64,
+                          congestion_threshold=48, max_write=MAX_WRITE)
+
+    def do_lookup(self, req: Request) -> Reply:
+        parent = self._dir_path.get(req.nodeid)
+        if parent is None:
+            raise OSError(errno.ENOENT, "no such directory", None)
+        name = req.args.name.decode("utf-8", "surrogateescape")
+        path = f"{parent}/{name}" if parent else name
+        cdev = self.kernel.devfs.lookup(path)
+        if cdev is not None:
+            return reply.entry(req.unique, cdev.ino, self._cdev_attr(cdev), TIMEOUT, TIMEOUT)
+        if path in self.kernel.devfs.directories():
+            ino = self._dir_node(path)
+            return reply.entry(req.unique, ino, self._dir_attr(ino), TIMEOUT, TIMEOUT)
+        raise OSError(errno.ENOENT, f"no device {path}", None)
+
+    def do_getattr(self, req: Request) -> Reply:
+        return reply.attr(req.unique, self._attr(req.nodeid), TIMEOUT)
+
+    def do_setattr(self, req: Request) -> Reply:
+        # A device has no size to truncate or times to set: accept and ignore, as
+        # a character device does for `echo hi > /dev/x`.  Ownership and mode are make_dev's.
+        if req.args.valid & (abi.FATTR_MODE | abi.FATTR_UID | abi.FATTR_GID):
+            raise OSError(errno.EPERM, "device ownership and mode are set by make_dev", None)
+        return reply.attr(req.unique, self._attr(req.nodeid), TIMEOUT)
+
+    def do_open(self, req: Request) -> Reply:
+        cdev = self._cdevs.get(req.nodeid)
+        if cdev is None:
+            raise OSError(errno.ENXIO if req.nodeid not in self._dir_path else errno.EISDIR,
+                          "device is gone", None)
+        fh, _ = self.open_cdev(req, cdev, req.args.flags)
+        return reply.open(req.unique, fh, self.open_flags(cdev))
+
+    def do_opendir(self, req: Request) -> Reply:
+        if req.nodeid not in self._dir_path:
+            raise OSError(errno.ENOTDIR, "not a directory", None)
+        return reply.open(req.unique, 0)
+
+    def do_readdir(self, req: Request) -> Reply:
+        path = self._dir_path.get(req.nodeid)
+        if path is None:
+            raise OSError(errno.ENOTDIR, "not a directory", None)
+        entries = [(req.nodeid, 1, stat.S_IFDIR >> 12, b"."), (ROOT, 2, stat.S_IFDIR >> 12, b"..")]
+        for index, (name, is_dir) in enumerate(self._children(path), start=3):
+            full = f"{path}/{name}" if path else name
+            if is_dir:
+                entries.append((self._dir_node(full), index, stat.S_IFDIR >> 12, name.encode()))
+            else:
+                cdev = self.kernel.devfs.lookup(full)
+                if cdev is not None:
+                    entries.append((cdev.ino, index, stat.S_IFREG >> 12, name.encode()))
+        return reply.dirents(req.unique, entries[req.args.offset:], req.args.size)
+
+    def do_releasedir(self, req: Request) -> Reply:
+        return reply.empty(req.unique)
+
+    def do_statfs(self, req: Request) -> Reply:
+        return reply.statfs(req.unique)
+
+    def do_access(self, req: Request) -> Reply:
+        return reply.empty(req.unique)  # default_permissions: the kernel checked already
+
+    def do_refuse(self, req: Request) -> Reply:
+        raise OSError(errno.EPERM, "devfs entries come from make_dev only", None)
+
+    def no_reply(self, req: Request) -> Reply:
+        return None
+
+    def do_destroy(self, req: Request) -> Reply:
+        self.destroyed.set()
+        return reply.empty(req.unique)
+
+
+class FuseTransport:
+    """Publishes a kernel's devices in a FUSE devfs at `dev_dir` (and /dev/NAME when root)."""
+
+    name = "fuse"
+
+    def __init__(self, kernel: Kernel, dev_dir: str = DEFAULT_DEV_DIR, bind: bool = True) -> None:
+        self.kernel = kernel
+        self.dev_dir = os.path.abspath(dev_dir)
+        self.bind = bind and os.geteuid() == 0
+        self.handler = DevfsHandler(kernel)
+        self.session: Session | None = None
+        self.fd = -1
+        self._events: queue.Queue[tuple[str, Cdev] | None] = queue.Queue()
+        self._bound: dict[str, list[str]] = {}  # /dev path -> directories we created for it
+        self._worker: threading.Thread | None = None
+
+    def device_path(self, cdev_name: str) -> str:
+        """Where callers find the device."""
+        return f"/dev/{cdev_name}" if self.bind else os.path.join(self.dev_dir, cdev_name)
+
+    def start(self) -> None:
+        for stale in mount.clear_stale(self.dev_dir):
+            self.kernel.printf("kernel", f"cleared stale mount {stale}")
+        os.makedirs(self.dev_dir, exist_ok=True)
+        if any(m.mount_point == self.dev_dir for m in mount.mounts()):
+            raise OSError(errno.EBUSY, f"{self.dev_dir} is already mounted (another pykld?)", None)
+        options = "default_permissions"
+        if mount.allow_other_permitted():
+            options += ",allow_other"
+        options += f",max_read={MAX_WRITE}"
+        self.fd = mount.mount_fuse(self.dev_dir, options)
+        self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_WRITE, 256),
+                               name="fuse", log=lambda text: self.kernel.printf("kernel", text))
+        self.handler.session = self.session
+        for cdev in self.kernel.devfs:
+            self._on_devfs("create", cdev)
+        self.kernel.devfs.subscribe(self._on_devfs)
+        self._worker = threading.Thread(target=self._dev_events, name="pykld-devctl", daemon=True)
+        self._worker.start()
+        self.session.start()
+        self.settle()
+
+    def _on_devfs(self, what: str, cdev: Cdev) -> None:
+        self.handler.track(what, cdev)
+        self._events.put((what, cdev))
+
+    def _dev_events(self) -> None:
+        """Bind mounts and cache invalidations, off the caller's thread: both make the
+        kernel send us requests, which must not wait on the thread that caused them."""
+        while True:
+            item = self._events.get()
+            try:
+                if item is None:
+                    return
+                what, cdev = item
+                if what == "create":
+                    self._publish(cdev)
+                else:
+                    self._withdraw(cdev)
+            except Exception as exc:
+                self.kernel.printf("kernel", f"devfs event {item!r}: {exc}")
+            finally:
+                self._events.task_done()
+
+    def _publish(self, cdev: Cdev) -> None:
+        if self.bind:
+            target = f"/dev/{cdev.name}"
+            try:
+                self._bound[target] = mount.bind_file(os.path.join(self.dev_dir, cdev.name), target)
+            except OSError as exc:
+                self.kernel.printf("kernel", f"{cdev.name}: not bound at {target}: {exc.strerror}")
+
+    def _withdraw(self, cdev: Cdev) -> None:
+        target = f"/dev/{cdev.name}"
+        if target in self._bound:
+            mount.unbind_file(target, self._bound.pop(target))
+        parent_path, _, name = cdev.name.rpartition("/")
+        parent = self.handler._dir_ino.get(parent_path)
+        if parent is not None and self.session is not None:
+            self.session.send(notify.inval_entry(parent, name.encode()))
+
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until /dev reflects every make_dev and destroy_dev so far."""
+        deadline = time.monotonic() + timeout
+        while self._events.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    def stop(self) -> None:
+        """Unpublish everything and unmount (modules are the kernel's to unload)."""
+        self.kernel.devfs.unsubscribe(self._on_devfs)
+        self.settle()
+        for target in list(self._bound):
+            mount.unbind_file(target, self._bound.pop(target))
+        self._events.put(None)
+        if self.session is not None:
+            self.session.stop()
+        if self.fd >= 0:
+            try:
+                mount.unmount_fuse(self.dev_dir)
+            except OSError as exc:
+                self.kernel.printf("kernel", f"unmount {self.dev_dir}: {exc.strerror}")
+            if self.session is not None:
+                self.session.finished.wait(5)
+            self.handler.close_all()
+            os.close(self.fd)
+            self.fd = -1

@@ -1,0 +1,193 @@
+"""Mounting a FUSE filesystem and bind-mounting its files at /dev, and cleaning up after a crash.
+
+As root, mount(2) on a /dev/fuse descriptor; otherwise fusermount3, which
+passes the descriptor back over a socket (_FUSE_COMMFD), as libfuse does.
+"""
+
+from __future__ import annotations
+
+import array
+import ctypes
+import ctypes.util
+import errno
+import os
+import shutil
+import socket
+import subprocess
+from collections.abc import Sequence
+from typing import NamedTuple
+
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_BIND = 4096
+MNT_DETACH = 2
+FSTYPE = "fuse.pykld"
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"{what}: {os.strerror(code)}", None)
+
+
+def sys_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
+                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+
+
+def sys_umount(target: str, flags: int = MNT_DETACH) -> None:
+    _check(_libc.umount2(target.encode(), flags), f"umount {target}")
+
+
+class MountEntry(NamedTuple):
+    mount_point: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as octal
+    return field.encode().decode("unicode_escape").encode("latin-1").decode("utf-8", "replace")
+
+
+def mounts() -> list[MountEntry]:
+    entries = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            left, _, right = line.partition(" - ")
+            fields, tail = left.split(), right.split()
+            if len(fields) >= 5 and len(tail) >= 2:
+                entries.append(MountEntry(_unescape(fields[4]), tail[0], _unescape(tail[1])))
+    return entries
+
+
+def is_dead(path: str) -> bool:
+    """A FUSE mount whose server is gone answers ENOTCONN.  statfs always asks the
+    server, where stat may be answered from the attribute cache."""
+    try:
+        os.statvfs(path)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
+
+
+def mount_fuse(mount_point: str, options: str, fsname: str = "pykld") -> int:
+    """Mount a FUSE filesystem at `mount_point`; returns the channel descriptor."""
+    if os.geteuid() == 0:
+        fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+        st = os.stat(mount_point)
+        data = f"fd={fd},rootmode={st.st_mode & 0o170000:o},user_id=0,group_id=0,{options}"
+        try:
+            sys_mount(fsname, mount_point, FSTYPE, MS_NOSUID | MS_NODEV, data)
+        except OSError:
+            os.close(fd)
+            raise
+        return fd
+    return _fusermount(mount_point, options, fsname)
+
+
+def _fusermount(mount_point: str, options: str, fsname: str) -> int:
+    tool = shutil.which("fusermount3")
+    if tool is None:
+        raise OSError(errno.ENOENT, "fusermount3 not found (Debian package fuse3)", None)
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with ours, theirs:
+        env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
+        proc = subprocess.run(
+            [tool, "-o", f"{options},fsname={fsname},subtype=pykld", "--", mount_point],
+            env=env, pass_fds=(theirs.fileno(),), capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise OSError(errno.EPERM, f"fusermount3: {proc.stderr.strip()}", None)
+        fds = array.array("i")
+        _, ancdata, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
+        for level, kind, payload in ancdata:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds.frombytes(payload[: fds.itemsize])
+        if not fds:
+            raise OSError(errno.EIO, "fusermount3 passed no descriptor", None)
+        return fds[0]
+
+
+def unmount_fuse(mount_point: str) -> None:
+    if os.geteuid() == 0:
+        sys_umount(mount_point, MNT_DETACH)
+    else:
+        subprocess.run(["fusermount3", "-u", "-z", "--", mount_point], capture_output=True, check=False)
+
+
+def allow_other_permitted() -> bool:
+    """allow_other needs root, or user_allow_other in /etc/fuse.conf."""
+    if os.geteuid() == 0:
+        return True
+    try:
+        with open("/etc/fuse.conf") as conf:
+            return any(line.strip() == "user_allow_other" for line in conf)
+    except OSError:
+        return False
+
+
+def bind_file(source: str, target: str) -> list[str]:
+    """Bind-mount the file `source` at `target`, creating the placeholder file and
+    missing directories.  Returns the directories it created (to remove later).
+    Refuses to cover anything that is already there."""
+    created: list[str] = []
+    parent = os.path.dirname(target)
+    missing = []
+    while parent and not os.path.isdir(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o755)
+        created.append(directory)
+    try:
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise OSError(errno.EEXIST, f"{target} already exists; not covering it", None) from None
+    os.close(fd)
+    try:
+        sys_mount(source, target, None, MS_BIND, None)
+    except OSError:
+        os.unlink(target)
+        raise
+    return created
+
+
+def unbind_file(target: str, created_dirs: Sequence[str] = ()) -> None:
+    try:
+        sys_umount(target, MNT_DETACH)
+    except OSError:
+        pass
+    try:
+        os.unlink(target)
+    except OSError:
+        pass
+    for directory in reversed(created_dirs):
+        try:
+            os.rmdir(directory)
+        except OSError:
+            break
+
+
+def clear_stale(mount_point: str, dev_root: str = "/dev") -> list[str]:
+    """Remove what a killed pykld left: its dead FUSE mount at `mount_point` and
+    dead bind mounts under `dev_root`.  A live pykld's mounts are left alone."""
+    cleared = []
+    for entry in reversed(mounts()):
+        if entry.fstype != FSTYPE:
+            continue
+        here = entry.mount_point
+        if (here == mount_point or here.startswith(dev_root + "/")) and is_dead(here):
+            try:
+                sys_umount(here, MNT_DETACH) if os.geteuid() == 0 else unmount_fuse(here)
+            except OSError:
+                continue
+            if here != mount_point:
+                try:
+                    if os.path.isfile(here) and os.path.getsize(here) == 0:
+                        os.unlink(here)
+                except OSError:
+                    pass
+            cleared.append(here)
+    return cleared

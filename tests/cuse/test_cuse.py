@@ -1,0 +1,173 @@
+"""The CUSE transport: true character devices.  Runs inside the VM (`make test-vm`),
+where a stock Debian kernel has CUSE; elsewhere it skips, unless PYKLD_REQUIRE_CUSE=1."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pykld import Kernel
+from pykld.transport.cuse import CuseTransport, cuse_available
+
+from ..transport.conftest import EXAMPLES, require, write_driver
+from ..transport.test_fuse import READ_WITH_ALARM, sh
+
+FIOC_GET_SIZE = 0x80084500
+FIOC_SET_SIZE = 0x40084501
+FIOC_READ = 0x4502
+FIOC_WRITE = 0x4503
+
+
+class FiocRwArg(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_int64), ("buf", ctypes.c_void_p), ("size", ctypes.c_size_t),
+                ("prev_size", ctypes.c_size_t), ("new_size", ctypes.c_size_t)]
+
+
+@pytest.fixture
+def cuse() -> Iterator[Kernel]:
+    require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
+    kernel = Kernel()
+    transport = CuseTransport(kernel)
+    transport.start()
+    try:
+        yield kernel
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def test_seed_round_trip_on_a_character_device(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "hello.py"))
+    assert sh("stat -c %F /dev/rustmodule").stdout.strip() == "character special file"
+    assert stat.S_IMODE(os.stat("/dev/rustmodule").st_mode) == 0o666
+    done = sh('echo "hi rust" > /dev/rustmodule; cat /dev/rustmodule')
+    assert done.stdout == "hi rust\n", done.stderr
+
+
+def test_restricted_ioctls_and_positional_io(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "membuf.py"))
+    fd = os.open("/dev/membuf", os.O_RDWR)
+    try:
+        os.pwrite(fd, b"hello", 10)
+        assert os.pread(fd, 100, 8) == b"\0\0hello"
+        assert struct.unpack("Q", fcntl.ioctl(fd, FIOC_GET_SIZE, bytes(8)))[0] == 15
+        fcntl.ioctl(fd, FIOC_SET_SIZE, struct.pack("Q", 12))
+        assert os.pread(fd, 100, 0) == b"\0" * 10 + b"he"
+        with pytest.raises(OSError) as unknown:
+            fcntl.ioctl(fd, 0x80084563, bytes(8))
+        assert unknown.value.errno == errno.ENOTTY
+    finally:
+        os.close(fd)
+
+
+def test_unrestricted_ioctl_follows_pointers(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "membuf.py"))
+    fd = os.open("/dev/membuf", os.O_RDWR)
+    try:
+        source = ctypes.create_string_buffer(b"through pointers", 16)
+        arg = FiocRwArg(4, ctypes.addressof(source), 16, 0, 0)
+        assert fcntl.ioctl(fd, FIOC_WRITE, ctypes.addressof(arg)) == 16
+        assert (arg.prev_size, arg.new_size) == (0, 20)
+        assert os.pread(fd, 100, 0) == b"\0" * 4 + b"through pointers"
+        target = ctypes.create_string_buffer(32)
+        arg = FiocRwArg(12, ctypes.addressof(target), 32, 0, 0)
+        assert fcntl.ioctl(fd, FIOC_READ, ctypes.addressof(arg)) == 8
+        assert target.raw[:8] == b"pointers" and (arg.prev_size, arg.new_size) == (20, 20)
+    finally:
+        os.close(fd)
+
+
+def test_bad_pointer_is_efault_and_the_host_goes_on(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "membuf.py"))
+    fd = os.open("/dev/membuf", os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as bad_arg:
+            fcntl.ioctl(fd, FIOC_READ, 0x10)
+        assert bad_arg.value.errno == errno.EFAULT
+        arg = FiocRwArg(0, 0x10, 8, 0, 0)  # a good argument pointing at a bad buffer
+        os.pwrite(fd, b"12345678", 0)
+        with pytest.raises(OSError) as bad_buf:
+            fcntl.ioctl(fd, FIOC_READ, ctypes.addressof(arg))
+        assert bad_buf.value.errno == errno.EFAULT
+        assert os.pread(fd, 8, 0) == b"12345678"
+    finally:
+        os.close(fd)
+
+
+def test_fifo_poll_wakes_and_nonblock_is_eagain(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "fifo.py"))
+    fd = os.open("/dev/fifo", os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 10)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == []
+        writer = subprocess.Popen(["sh", "-c", "sleep 0.3; printf ping > /dev/fifo"])
+        events = poller.poll(20_000)
+        writer.wait(20)
+        assert events and events[0][1] & select.POLLIN
+        assert os.read(fd, 10) == b"ping"
+    finally:
+        os.close(fd)
+
+
+def test_signal_gives_eintr(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "fifo.py"))
+    done = subprocess.run([sys.executable, "-c", READ_WITH_ALARM, "/dev/fifo"], capture_output=True,
+                          text=True, timeout=60)
+    assert done.stdout.split() == ["-1", str(errno.EINTR)], done.stderr
+    assert sh("printf ok > /dev/fifo; head -c 2 /dev/fifo").stdout == "ok"
+
+
+def test_non_root_gets_eacces_on_0600_node(cuse: Kernel, tmp_path: Path) -> None:
+    cuse.kldload(write_driver(tmp_path, "private", textwrap.dedent("""
+        from pykld import CharacterDevice, Module, make_dev
+        class Dev(CharacterDevice):
+            def read(self, file, uio):
+                uio.move_out(b"secret\\n")
+        class Private(Module):
+            name = "private"
+            def load(self):
+                make_dev(Dev(), "pykld-private", mode=0o600)
+                make_dev(Dev(), "pykld-public", mode=0o644)
+    """)))
+    as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    denied = sh(f"{as_nobody} cat /dev/pykld-private")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert sh(f"{as_nobody} cat /dev/pykld-public").stdout == "secret\n"
+
+
+def test_unload_removes_node_and_load_again_works(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "hello.py"))
+    assert os.path.exists("/dev/rustmodule")
+    cuse.kldunload("hello")
+    assert not os.path.exists("/dev/rustmodule")
+    cuse.kldload(str(EXAMPLES / "hello.py"))
+    assert sh("cat /dev/rustmodule").stdout == "Default hello message\n"
+
+
+def test_forced_unload_with_open_file_gives_enxio(cuse: Kernel) -> None:
+    cuse.kldload(str(EXAMPLES / "hello.py"))
+    fd = os.open("/dev/rustmodule", os.O_RDONLY)
+    with pytest.raises(OSError) as busy:
+        cuse.kldunload("hello")
+    assert busy.value.errno == errno.EBUSY
+    cuse.kldunload("hello", force=True)
+    assert not os.path.exists("/dev/rustmodule")
+    with pytest.raises(OSError) as gone:
+        os.read(fd, 10)
+    assert gone.value.errno == errno.ENXIO
+    os.close(fd)

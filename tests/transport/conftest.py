@@ -1,0 +1,83 @@
+"""Fixtures for transport tests: a kernel published over a real FUSE mount.
+
+A missing capability skips, unless CI made it mandatory with PYKLD_REQUIRE_<NAME>=1,
+in which case it fails: CI must never pass by skipping what it should test.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pykld import Kernel
+from pykld.transport.fuse import FuseTransport
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+PYKLD = [sys.executable, "-m", "pykld"]
+
+
+def require(capability: str, available: bool, why: str) -> None:
+    if available:
+        return
+    if os.environ.get(f"PYKLD_REQUIRE_{capability}") == "1":
+        pytest.fail(f"{why}, and PYKLD_REQUIRE_{capability}=1 makes it mandatory")
+    pytest.skip(why)
+
+
+def require_fuse() -> None:
+    require("FUSE", os.path.exists("/dev/fuse") and os.access("/dev/fuse", os.R_OK | os.W_OK),
+            "/dev/fuse is not usable here")
+
+
+def require_root() -> None:
+    require("ROOT", os.geteuid() == 0, "needs root")
+
+
+@pytest.fixture
+def dev_dir() -> Iterator[str]:
+    """A mount point other users can reach (pytest's tmp_path is private to root)."""
+    os.makedirs("/run/pykld-test", mode=0o755, exist_ok=True)
+    os.chmod("/run/pykld-test", 0o755)
+    path = tempfile.mkdtemp(dir="/run/pykld-test")
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["umount", "-l", path], capture_output=True, check=False)
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def fuse(dev_dir: str) -> Iterator[tuple[Kernel, FuseTransport]]:
+    """A kernel in this process, published at dev_dir over FUSE (no /dev binds)."""
+    require_fuse()
+    kernel = Kernel()
+    transport = FuseTransport(kernel, dev_dir, bind=False)
+    transport.start()
+    try:
+        yield kernel, transport
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
+
+
+def write_driver(directory: Path, name: str, source: str) -> str:
+    path = directory / f"{name}.py"
+    path.write_text(source)
+    return str(path)

@@ -1,0 +1,358 @@
+"""The FUSE transport, driven from other processes and with real system calls."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import select
+import stat
+import struct
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pykld import Kernel
+from pykld.transport.fuse import FuseTransport
+
+from .conftest import EXAMPLES, require_root, wait_for, write_driver
+
+FIOC_GET_SIZE = 0x80084500
+FIOC_SET_SIZE = 0x40084501
+FIOC_READ = 0x4502
+
+
+def sh(script: str, **kw: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30, **kw)  # type: ignore[call-overload, no-any-return]
+
+
+def test_seed_round_trip_with_echo_and_cat(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "hello.py"))
+    path = transport.device_path("rustmodule")
+    assert sh(f"cat {path}").stdout == "Default hello message\n"
+    done = sh(f'echo "hi rust" > {path}; cat {path}')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "hi rust\n"
+    assert any("Setting new message to b'hi rust\\n'" in line for line in kernel.dmesg())
+
+
+def test_device_file_has_make_dev_mode_and_owner(fuse: tuple[Kernel, FuseTransport], tmp_path: Path) -> None:
+    kernel, transport = fuse
+    kernel.kldload(write_driver(tmp_path, "owned", textwrap.dedent("""
+        from pykld import CharacterDevice, Module, make_dev
+        class Owned(Module):
+            name = "owned"
+            def load(self):
+                make_dev(CharacterDevice(), "bus/i2c-1", uid=1234, gid=5678, mode=0o640)
+    """)))
+    st = os.stat(transport.device_path("bus/i2c-1"))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (1234, 5678, 0o640)
+    assert os.listdir(transport.device_path("bus")) == ["i2c-1"]
+
+
+def test_dd_and_positional_io_on_membuf(fuse: tuple[Kernel, FuseTransport], tmp_path: Path) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    path = transport.device_path("membuf")
+    payload = os.urandom(64 * 1024)
+    (tmp_path / "in").write_bytes(payload)
+    done = sh(f"dd if={tmp_path}/in of={path} bs=4096 oflag=direct status=none && "
+              f"dd if={path} of={tmp_path}/out bs=4096 iflag=direct status=none")
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out").read_bytes() == payload
+    fd = os.open(path, os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"tail", 100_000) == 4  # past the end: the buffer grows
+        assert os.pread(fd, 8, 99_998) == b"\0\0tail"
+        assert os.pread(fd, 10, 200_000) == b""  # past the end: EOF
+        size = struct.unpack("Q", fcntl.ioctl(fd, FIOC_GET_SIZE, bytes(8)))[0]
+        assert size == 100_004
+        fcntl.ioctl(fd, FIOC_SET_SIZE, struct.pack("Q", 10))
+        assert os.pread(fd, 100, 0) == payload[:10]
+    finally:
+        os.close(fd)
+
+
+def test_ioctl_errors_over_fuse(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    fd = os.open(transport.device_path("membuf"), os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as unknown:
+            fcntl.ioctl(fd, 0x80084563, bytes(8))
+        assert unknown.value.errno == errno.ENOTTY
+        with pytest.raises(OSError) as pointers:  # needs caller memory: CUSE only
+            fcntl.ioctl(fd, FIOC_READ, 0x1000)
+        assert pointers.value.errno == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+
+
+def test_growth_past_malloc_limit_is_enomem(fuse: tuple[Kernel, FuseTransport],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PYKLD_MEMBUF_LIMIT", "8192")
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    fd = os.open(transport.device_path("membuf"), os.O_RDWR)
+    try:
+        os.pwrite(fd, b"a" * 8192, 0)
+        with pytest.raises(OSError) as full:
+            os.pwrite(fd, b"b", 8192)
+        assert full.value.errno == errno.ENOMEM
+        assert os.pread(fd, 9000, 0) == b"a" * 8192
+    finally:
+        os.close(fd)
+
+
+def test_fifo_poll_wakes_and_nonblock_gets_eagain(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "fifo.py"))
+    path = transport.device_path("fifo")
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 10)
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(0) == []
+        writer = threading.Timer(0.3, lambda: sh(f"printf ping > {path}"))
+        writer.start()
+        start = time.monotonic()
+        events = poller.poll(10_000)
+        writer.join()
+        assert events and events[0][1] & select.POLLIN
+        assert time.monotonic() - start < 9
+        assert os.read(fd, 10) == b"ping"
+        with pytest.raises(OSError) as seek:
+            os.pread(fd, 1, 0)
+        assert seek.value.errno == errno.ESPIPE
+    finally:
+        os.close(fd)
+
+
+def test_fifo_select_and_epoll_see_readiness(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "fifo.py"))
+    path = transport.device_path("fifo")
+    rfd = os.open(path, os.O_RDONLY)
+    wfd = os.open(path, os.O_WRONLY)
+    try:
+        ep = select.epoll()
+        ep.register(rfd, select.EPOLLIN)
+        assert ep.poll(0.05) == []
+        os.write(wfd, b"x")
+        assert ep.poll(5)
+        readable, writable, _ = select.select([rfd], [wfd], [], 5)
+        assert readable == [rfd] and writable == [wfd]
+        ep.close()
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+READ_WITH_ALARM = textwrap.dedent("""
+    import ctypes, os, signal, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    signal.signal(signal.SIGALRM, lambda *a: None)
+    fd = os.open(sys.argv[1], os.O_RDONLY)
+    signal.alarm(1)
+    buf = ctypes.create_string_buffer(16)
+    n = libc.read(fd, buf, 16)
+    print(n, ctypes.get_errno())
+""")
+
+
+def test_signal_interrupts_blocked_read_with_eintr(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "fifo.py"))
+    path = transport.device_path("fifo")
+    done = subprocess.run([sys.executable, "-c", READ_WITH_ALARM, path], capture_output=True, text=True,
+                          timeout=30)
+    assert done.stdout.split() == ["-1", str(errno.EINTR)], done.stderr
+    # The interrupted reader left nothing behind: the pipe still works.
+    assert sh(f"printf ok > {path}; head -c 2 {path}").stdout == "ok"
+
+
+def test_blocked_readers_do_not_stall_others(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "fifo.py"))
+    kernel.kldload(str(EXAMPLES / "hello.py"))
+    fifo = transport.device_path("fifo")
+    readers = 20
+    got: list[bytes] = []
+    fds = [os.open(fifo, os.O_RDONLY) for _ in range(readers)]
+
+    def reader(fd: int) -> None:
+        got.append(os.read(fd, 1))
+
+    threads = [threading.Thread(target=reader, args=(fd,), daemon=True) for fd in fds]
+    for thread in threads:
+        thread.start()
+    assert wait_for(lambda: kernel.devfs.lookup("fifo").active.__len__() == readers)  # type: ignore[union-attr]
+    # With every reader asleep in the driver, other callers are still served.
+    files = [os.open(transport.device_path("rustmodule"), os.O_RDONLY) for _ in range(200)]
+    assert all(os.read(fd, 100) == b"Default hello message\n" for fd in files[:20])
+    for fd in files:
+        os.close(fd)
+    with open(fifo, "wb", buffering=0) as writer:
+        writer.write(b"r" * readers)
+    for thread in threads:
+        thread.join(10)
+    assert sorted(got) == [b"r"] * readers
+    for fd in fds:
+        os.close(fd)
+
+
+def test_unload_while_open_is_busy_and_force_gives_enxio(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "hello.py"))
+    path = transport.device_path("rustmodule")
+    fd = os.open(path, os.O_RDWR)
+    with pytest.raises(OSError) as busy:
+        kernel.kldunload("hello")
+    assert busy.value.errno == errno.EBUSY
+    kernel.kldunload("hello", force=True)
+    transport.settle()
+    with pytest.raises(OSError) as gone:
+        os.read(fd, 10)
+    assert gone.value.errno == errno.ENXIO
+    os.close(fd)  # close still succeeds
+    assert wait_for(lambda: not os.path.exists(path), 3)
+
+
+def test_devices_come_and_go_while_mounted(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    path = transport.device_path("membuf")
+    assert not os.path.exists(path)
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    assert os.path.exists(path)
+    kernel.kldunload("membuf")
+    transport.settle()
+    assert wait_for(lambda: not os.path.exists(path), 3)
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    assert sh(f"printf again > {path}; cat {path}").stdout == "again"
+
+
+def test_driver_fault_is_eio_for_that_caller_only(fuse: tuple[Kernel, FuseTransport], tmp_path: Path) -> None:
+    kernel, transport = fuse
+    kernel.kldload(write_driver(tmp_path, "flaky", textwrap.dedent("""
+        from pykld import CharacterDevice, Module, make_dev
+        class Flaky(CharacterDevice):
+            calls = 0
+            def read(self, file, uio):
+                Flaky.calls += 1
+                if Flaky.calls == 1:
+                    raise ZeroDivisionError("driver bug")
+                uio.move_out(b"fine\\n")
+        class FlakyModule(Module):
+            name = "flaky"
+            def load(self):
+                make_dev(Flaky(), "flaky", mode=0o644)
+    """)))
+    path = transport.device_path("flaky")
+    first = sh(f"cat {path}")
+    assert first.returncode != 0 and "Input/output error" in first.stderr
+    assert sh(f"cat {path}").stdout == "fine\n"
+    assert any("ZeroDivisionError" in line for line in kernel.dmesg())
+
+
+def test_shell_redirection_truncate_and_create_are_ignored(fuse: tuple[Kernel, FuseTransport]) -> None:
+    kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    path = transport.device_path("membuf")
+    assert sh(f"printf 0123456789 > {path}").returncode == 0
+    assert sh(f"printf ab > {path}; cat {path}").stdout == "ab23456789"  # O_TRUNC: no truncation
+    refused = sh(f"printf x > {transport.dev_dir}/newfile")
+    assert refused.returncode != 0  # devfs has only make_dev's entries
+
+
+def test_non_root_caller_gets_eacces_on_0600_device(fuse: tuple[Kernel, FuseTransport], tmp_path: Path) -> None:
+    require_root()
+    kernel, transport = fuse
+    kernel.kldload(write_driver(tmp_path, "private", textwrap.dedent("""
+        from pykld import CharacterDevice, Module, make_dev
+        class Dev(CharacterDevice):
+            def read(self, file, uio):
+                uio.move_out(b"secret\\n")
+        class Private(Module):
+            name = "private"
+            def load(self):
+                make_dev(Dev(), "private", mode=0o600)
+                make_dev(Dev(), "public", mode=0o644)
+    """)))
+    as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    denied = sh(f"{as_nobody} cat {transport.device_path('private')}")
+    assert denied.returncode != 0 and "Permission denied" in denied.stderr
+    assert sh(f"{as_nobody} cat {transport.device_path('public')}").stdout == "secret\n"
+    refused = sh(f"{as_nobody} sh -c 'echo x > {transport.device_path('public')}'")
+    assert "Permission denied" in refused.stderr
+
+
+def _start_host(dev_dir: str, *extra: str) -> subprocess.Popen[str]:
+    proc = subprocess.Popen([sys.executable, "-m", "pykld", "run", str(EXAMPLES / "hello.py"),
+                             "--transport", "fuse", "--dev-dir", dev_dir, *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    said = []
+    for line in proc.stdout:
+        said.append(line)
+        if line.startswith("pykld: serving"):
+            return proc
+    proc.kill()
+    raise AssertionError(f"host did not start ({proc.wait()}): {''.join(said)}")
+
+
+def test_sigkill_of_host_gives_enotconn_and_next_start_recovers(dev_dir: str) -> None:
+    require_root()
+    host = _start_host(dev_dir, "--no-bind")
+    path = os.path.join(dev_dir, "rustmodule")
+    fd = os.open(path, os.O_RDONLY)
+    host.kill()
+    host.wait(10)
+    with pytest.raises(OSError) as dead:
+        os.read(fd, 10)
+    assert dead.value.errno == errno.ENOTCONN
+    with pytest.raises(OSError):  # the flush has no server either; the descriptor is closed anyway
+        os.close(fd)
+    host = _start_host(dev_dir, "--no-bind")  # clears the dead mount first
+    try:
+        assert sh(f"cat {path}").stdout == "Default hello message\n"
+    finally:
+        host.terminate()
+        host.wait(10)
+
+
+def test_root_binds_devices_at_dev_and_sigterm_removes_them(dev_dir: str) -> None:
+    require_root()
+    host = _start_host(dev_dir)
+    try:
+        assert stat.S_ISREG(os.stat("/dev/rustmodule").st_mode)
+        assert sh('echo "hi rust" > /dev/rustmodule; cat /dev/rustmodule').stdout == "hi rust\n"
+    finally:
+        host.terminate()
+        assert host.wait(15) == 0
+    assert not os.path.exists("/dev/rustmodule")
+    assert dev_dir not in open("/proc/self/mountinfo").read()
+
+
+def test_sigkill_leaves_dev_entry_that_next_start_clears(dev_dir: str) -> None:
+    require_root()
+    host = _start_host(dev_dir)
+    host.kill()
+    host.wait(10)
+    with pytest.raises(OSError) as dead:
+        open("/dev/rustmodule").close()
+    assert dead.value.errno == errno.ENOTCONN
+    host = _start_host(dev_dir)
+    try:
+        assert sh("cat /dev/rustmodule").stdout == "Default hello message\n"
+    finally:
+        host.terminate()
+        host.wait(15)
+    assert not os.path.exists("/dev/rustmodule")
