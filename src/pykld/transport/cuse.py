@@ -57,13 +57,6 @@ class CuseHandler(FileOps):
         self._fetched: dict[tuple[int, int, int], list[Iovec]] = {}
         self._finished: dict[tuple[int, int, int], tuple[int, bytes]] = {}
 
-    def __call__(self, req: Request) -> Reply:
-        handler = self.table.get(req.opcode)
-        if handler is None:
-            return reply.error(req.unique, errno.ENOSYS)
-        result: Reply = handler(req)
-        return result
-
     def do_cuse_init(self, req: Request) -> Reply:
         minor = negotiate_minor(req.args)
         if minor < abi.CUSE_MIN_MINOR:
@@ -99,15 +92,13 @@ class CuseHandler(FileOps):
                 self._fetched[key] = fetched
                 return reply.ioctl_retry(req.unique, fetched, base_out)
         memory = IovecMemory(fetched, args.data)
-        td = self._thread(req)
         try:
-            result, out = file.ioctl(args.cmd, args.arg, args.data[: cmd.size] if base_in else None, memory, td)
+            result, out = self._serve(req, file.ioctl, args.cmd, args.arg,
+                                      args.data[: cmd.size] if base_in else None, memory)
         except NeedIovecs as need:
             more = fetched + [iov for iov in need.reads if iov not in fetched]
             self._fetched[key] = more
             return reply.ioctl_retry(req.unique, more, base_out)
-        finally:
-            self._inflight.pop(req.unique, None)
         payload = bytes(out[: cmd.size]) if out is not None and base_out else b""
         if not memory.writes:
             return reply.ioctl(req.unique, result, payload)

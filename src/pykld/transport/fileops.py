@@ -12,6 +12,7 @@ import errno
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pykld.fuse import abi, notify, reply
@@ -47,9 +48,18 @@ class FusePoller:
 
 
 class FileOps:
-    """Request handlers for operations on open files; subclasses add opening."""
+    """Request handlers for operations on open files; subclasses add opening and
+    fill `table` (opcode -> handler) from handlers()."""
 
     session: Session
+    table: dict[int, Any]
+
+    def __call__(self, req: Request) -> Reply:
+        handler = self.table.get(req.opcode)
+        if handler is None:
+            return reply.error(req.unique, errno.ENOSYS)
+        result: Reply = handler(req)
+        return result
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -81,12 +91,7 @@ class FileOps:
 
     def open_cdev(self, req: Request, cdev: Cdev, flags: int) -> tuple[int, OpenFile]:
         """Open `cdev` for the caller of `req`; the kernel checked permissions already."""
-        td = self._thread(req)
-        try:
-            file = self.kernel.open_file(cdev, flags, uid=req.uid, gids=(req.gid,), pid=req.pid,
-                                         check_access=False, td=td)
-        finally:
-            self._inflight.pop(req.unique, None)
+        file = self._serve(req, self.kernel.open_file, cdev, flags, req.uid, (req.gid,), req.pid, False)
         fh = next(self._fhs)
         self.files[fh] = file
         return fh, file
@@ -100,25 +105,26 @@ class FileOps:
 
     # -- handlers -----------------------------------------------------------------------
 
+    def _serve(self, req: Request, operation: Callable[..., Any], *args: Any) -> Any:
+        """Run a file operation that may sleep, reachable by FUSE_INTERRUPT meanwhile."""
+        td = self._thread(req)
+        try:
+            return operation(*args, td=td)
+        finally:
+            self._inflight.pop(req.unique, None)
+
     def do_read(self, req: Request) -> Reply:
         args = req.args
         file = self._file(args.fh)
-        td = self._thread(req)
-        try:
-            uio = file.read(args.offset if file.cdev.seekable else 0, args.size, args.flags, td)
-        finally:
-            self._inflight.pop(req.unique, None)
+        offset = args.offset if file.cdev.seekable else 0
+        uio = self._serve(req, file.read, offset, args.size, args.flags)
         return reply.data(req.unique, uio.chunks)
 
     def do_write(self, req: Request) -> Reply:
         args = req.args
         file = self._file(args.fh)
-        td = self._thread(req)
-        try:
-            count = file.write(args.offset if file.cdev.seekable else 0, args.data, args.flags, td)
-        finally:
-            self._inflight.pop(req.unique, None)
-        return reply.write(req.unique, count)
+        offset = args.offset if file.cdev.seekable else 0
+        return reply.write(req.unique, self._serve(req, file.write, offset, args.data, args.flags))
 
     def do_ioctl(self, req: Request) -> Reply:
         """Restricted ioctl: the kernel copied the argument by its encoded size."""
@@ -126,11 +132,7 @@ class FileOps:
         if args.flags & abi.FUSE_IOCTL_COMPAT:
             raise OSError(errno.ENOSYS, "32-bit compat ioctls are not supported", None)
         file = self._file(args.fh)
-        td = self._thread(req)
-        try:
-            result, out = file.ioctl(args.cmd, args.arg, args.data, None, td)
-        finally:
-            self._inflight.pop(req.unique, None)
+        result, out = self._serve(req, file.ioctl, args.cmd, args.arg, args.data, None)
         return reply.ioctl(req.unique, result, out[: args.out_size] if out is not None else b"")
 
     def do_poll(self, req: Request) -> Reply:

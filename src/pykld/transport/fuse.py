@@ -64,13 +64,6 @@ class DevfsHandler(FileOps):
             self.table[refused] = self.do_refuse
         self.destroyed = threading.Event()
 
-    def __call__(self, req: Request) -> Reply:
-        handler = self.table.get(req.opcode)
-        if handler is None:
-            return reply.error(req.unique, errno.ENOSYS)
-        result: Reply = handler(req)
-        return result
-
     # -- the node table ----------------------------------------------------------------
 
     def track(self, what: str, cdev: Cdev) -> None:

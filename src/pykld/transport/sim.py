@@ -37,6 +37,9 @@ class SimFile:
         self.file = file
         self.position = 0
         self._lock = threading.Lock()  # the position moves atomically, as f_offset does
+        # One poller per polling thread, reused: a SelInfo keeps a poller until its next
+        # wakeup, so a fresh one per poll() would pile up on an idle device.
+        self._pollers = threading.local()
 
     # -- the calls of a file descriptor ---------------------------------------------
 
@@ -100,8 +103,11 @@ class SimFile:
         """Wait up to `timeout` seconds (None: forever) for any of `events`."""
         self._check_fd()
         deadline = None if timeout is None else time.monotonic() + timeout
+        poller = getattr(self._pollers, "poller", None)
+        if poller is None:
+            poller = self._pollers.poller = _EventPoller()
         while True:
-            poller = _EventPoller()
+            poller.event.clear()  # before asking the driver, so no wakeup after it is lost
             revents = self.file.poll(events, poller)
             if revents:
                 return revents
