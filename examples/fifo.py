@@ -82,7 +82,12 @@ class FifoModule(Module):
     name = "fifo"
 
     def load(self) -> None:
-        self.cdev = make_dev(Fifo(), "fifo", mode=0o666)
+        self.fifo = Fifo()
+        self.cdev = make_dev(self.fifo, "fifo", mode=0o666)
 
     def unload(self) -> None:
         self.cdev.destroy()
+        # Pollers wait outside the driver, where destroy cannot reach them: wake them
+        # (FreeBSD's seldrain) so they find the device gone instead of waiting on.
+        selwakeup(self.fifo.readable)
+        selwakeup(self.fifo.writable)

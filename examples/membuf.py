@@ -23,6 +23,7 @@ from pykld import (
     Uio,
     copyin,
     copyout,
+    free,
     make_dev,
     malloc,
     realloc,
@@ -97,7 +98,9 @@ class MembufModule(Module):
     name = "membuf"
 
     def load(self) -> None:
-        self.cdev = make_dev(Membuf(), "membuf", mode=0o666)
+        self.membuf = Membuf()
+        self.cdev = make_dev(self.membuf, "membuf", mode=0o666)
 
     def unload(self) -> None:
         self.cdev.destroy()
+        free(self.membuf.data)  # a module gives its memory back; the kernel reports leaks

@@ -66,7 +66,7 @@ def test_duplicate_name_is_eexist(kernel: Kernel, load_driver: Load) -> None:
     assert errno_of(lambda: load_driver(devices_driver('"dup"', '"dup"'))) == errno.EEXIST
 
 
-def test_duplicate_across_modules_is_eexist(kernel: Kernel, load_driver: Load, example) -> None:  # noqa: ANN001
+def test_duplicate_across_modules_is_eexist(kernel: Kernel, load_driver: Load, example) -> None:
     kernel.kldload(example("hello"))
     assert errno_of(lambda: load_driver(devices_driver('"rustmodule"'))) == errno.EEXIST
     assert [s.name for s in kernel.kldstat()] == ["hello"]
@@ -296,7 +296,7 @@ class Drv(Module):
 '''
 
 
-def test_serialized_by_default(kernel: Kernel, load_driver: Load, threads) -> None:  # noqa: ANN001
+def test_serialized_by_default(kernel: Kernel, load_driver: Load, threads) -> None:
     load_driver(CONCURRENCY.replace("SERIALIZED", "True"))
 
     def reads() -> None:
@@ -312,7 +312,7 @@ def test_serialized_by_default(kernel: Kernel, load_driver: Load, threads) -> No
         assert f.read(100) == b"1"  # never two callers inside the driver
 
 
-def test_opt_out_allows_overlap(kernel: Kernel, load_driver: Load, threads) -> None:  # noqa: ANN001
+def test_opt_out_allows_overlap(kernel: Kernel, load_driver: Load, threads) -> None:
     load_driver(CONCURRENCY.replace("SERIALIZED", "False"))
     files = [kernel.open("/dev/rec") for _ in range(2)]
     meets = [threads.start(lambda f=f: f.read(1)) for f in files]  # both wait at the barrier
@@ -322,7 +322,7 @@ def test_opt_out_allows_overlap(kernel: Kernel, load_driver: Load, threads) -> N
         f.close()
 
 
-def test_serialized_device_cannot_meet_itself(kernel: Kernel, load_driver: Load, threads) -> None:  # noqa: ANN001
+def test_serialized_device_cannot_meet_itself(kernel: Kernel, load_driver: Load, threads) -> None:
     # The same barrier on a serialized device breaks: the second caller waits for the lock.
     load_driver(CONCURRENCY.replace("SERIALIZED", "True").replace("timeout=2", "timeout=0.1"))
     files = [kernel.open("/dev/rec") for _ in range(2)]

@@ -9,7 +9,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,7 +28,7 @@ def fifo(kernel: Kernel, example: Callable[[str], str], monkeypatch: pytest.Monk
 
 
 @pytest.fixture
-def opener(fifo: Kernel) -> Callable[..., SimFile]:
+def opener(fifo: Kernel) -> Iterator[Callable[..., SimFile]]:
     """open_fifo(flags=O_RDWR) -> a file on /dev/fifo, closed after the test."""
     files: list[SimFile] = []
 
@@ -60,7 +60,7 @@ def test_bytes_come_out_in_order(opener: Callable[..., SimFile]) -> None:
 
 
 def test_blocking_read_waits_for_a_writer(fifo: Kernel, opener: Callable[..., SimFile], threads,
-                                          wait_until) -> None:  # noqa: ANN001
+                                          wait_until) -> None:
     reader, writer = opener(os.O_RDONLY), opener(os.O_WRONLY)
     got = threads.start(lambda: reader.read(100))
     wait_until(asleep_in_driver(fifo))
@@ -73,7 +73,7 @@ def test_blocking_read_waits_for_a_writer(fifo: Kernel, opener: Callable[..., Si
 
 
 def test_blocking_writer_waits_for_room(fifo: Kernel, opener: Callable[..., SimFile], threads,
-                                        wait_until) -> None:  # noqa: ANN001
+                                        wait_until) -> None:
     reader, writer = opener(os.O_RDONLY), opener(os.O_WRONLY)
     writer.write(b"a" * CAPACITY)
     put = threads.start(lambda: writer.write(b"b" * 1000))
@@ -112,7 +112,7 @@ def test_nonblocking_write_partial_then_eagain(opener: Callable[..., SimFile]) -
     assert len(f.read(2 * CAPACITY)) == CAPACITY
 
 
-def test_zero_byte_read_and_write_return_at_once(opener: Callable[..., SimFile], threads) -> None:  # noqa: ANN001
+def test_zero_byte_read_and_write_return_at_once(opener: Callable[..., SimFile], threads) -> None:
     f = opener()
     outcome = threads.start(lambda: f.read(0))
     threads.join(outcome, timeout=2)
@@ -142,7 +142,7 @@ def test_poll_timeout_expires(opener: Callable[..., SimFile]) -> None:
     assert 0.04 <= time.monotonic() - start < 2
 
 
-def test_poll_woken_by_writer_from_another_thread(opener: Callable[..., SimFile], threads) -> None:  # noqa: ANN001
+def test_poll_woken_by_writer_from_another_thread(opener: Callable[..., SimFile], threads) -> None:
     reader, writer = opener(os.O_RDONLY), opener(os.O_WRONLY)
 
     def write_later() -> None:
@@ -157,7 +157,7 @@ def test_poll_woken_by_writer_from_another_thread(opener: Callable[..., SimFile]
     assert reader.read() == b"wake"
 
 
-def test_poll_for_room_woken_by_reader(opener: Callable[..., SimFile], threads) -> None:  # noqa: ANN001
+def test_poll_for_room_woken_by_reader(opener: Callable[..., SimFile], threads) -> None:
     reader, writer = opener(os.O_RDONLY), opener(os.O_WRONLY)
     writer.write(b"x" * CAPACITY)
 
@@ -180,7 +180,7 @@ def test_stream_has_no_offsets(opener: Callable[..., SimFile]) -> None:
 
 
 def test_forced_unload_wakes_blocked_readers_with_enxio(fifo: Kernel, opener: Callable[..., SimFile],
-                                                        threads, wait_until) -> None:  # noqa: ANN001
+                                                        threads, wait_until) -> None:
     f, g = opener(os.O_RDONLY), opener(os.O_RDONLY)
     blocked = [threads.start(f.read), threads.start(g.read)]
     wait_until(asleep_in_driver(fifo, 2))
@@ -197,7 +197,7 @@ def test_forced_unload_wakes_blocked_readers_with_enxio(fifo: Kernel, opener: Ca
 
 
 def test_forced_unload_wakes_blocked_writer_with_enxio(fifo: Kernel, opener: Callable[..., SimFile],
-                                                       threads, wait_until) -> None:  # noqa: ANN001
+                                                       threads, wait_until) -> None:
     w = opener(os.O_WRONLY)
     w.write(b"x" * CAPACITY)
     put = threads.start(lambda: w.write(b"more"))
@@ -235,7 +235,7 @@ def parse(rec: bytes) -> tuple[int, int]:
 
 
 def test_concurrent_readers_and_writers_lose_and_duplicate_nothing(
-    fifo: Kernel, opener: Callable[..., SimFile], threads  # noqa: ANN001
+    fifo: Kernel, opener: Callable[..., SimFile], threads
 ) -> None:
     # Writes and reads are whole multiples of RECORD and CAPACITY is one too, so the
     # pipe only ever holds whole records and each read returns whole records.
@@ -290,3 +290,28 @@ def test_concurrent_readers_and_writers_lose_and_duplicate_nothing(
     stats = fifo.lookup(DEV).stats
     assert stats.bytes_written >= WRITERS * PER_WRITER * RECORD
     assert stats.faults == 0
+
+
+def test_idle_polls_do_not_pile_up_pollers(fifo: Kernel, opener: Callable[..., SimFile]) -> None:
+    f = opener(os.O_RDONLY)
+    for _ in range(200):
+        assert f.poll(POLLIN, timeout=0.0001) == 0
+    # The device remembers whom to wake, but not once per poll call.
+    assert len(fifo.lookup(DEV).device.readable._pollers) <= 1
+    with fifo.open(DEV, os.O_WRONLY) as w:
+        w.write(b"x")
+    assert f.poll(POLLIN, timeout=1) == POLLIN
+
+
+def test_forced_unload_wakes_a_blocked_poller(fifo: Kernel, opener: Callable[..., SimFile], threads,
+                                             wait_until) -> None:
+    f = opener(os.O_RDONLY)
+    cdev = fifo.lookup(DEV)
+    waiting = threads.start(lambda: f.poll(POLLIN, timeout=4))
+    wait_until(lambda: cdev.device.readable._pollers)
+    start = time.monotonic()
+    fifo.kldunload("fifo", force=True)
+    threads.join(waiting)
+    # Woken (FreeBSD's seldrain), it finds the device gone rather than waiting out its timeout.
+    assert isinstance(waiting.error, OSError) and waiting.error.errno == errno.ENXIO
+    assert time.monotonic() - start < 2

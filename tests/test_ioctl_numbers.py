@@ -60,7 +60,7 @@ def test_group_may_be_an_int() -> None:
         (_IOWR, IOC_INOUT, True, True),
     ],
 )
-def test_decode_round_trip(make, direction: int, copies_in: bool, copies_out: bool) -> None:  # noqa: ANN001
+def test_decode_round_trip(make, direction: int, copies_in: bool, copies_out: bool) -> None:
     size = 0 if direction == IOC_VOID else 24
     cmd = make("Z", 0x42, size)
     decoded = ioctl_decode(cmd)

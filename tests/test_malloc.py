@@ -170,3 +170,31 @@ def test_malloc_stats_include_types_not_at_module_level(
         """
     )
     assert [(s.name, s.inuse) for s in kernel.malloc_stats()] == [("hidden", 12)]
+
+
+def test_unload_reports_leaked_memory(kernel: Kernel, load_driver: Callable[..., int]) -> None:
+    load_driver(
+        """
+        from pykld import MallocType, Module, malloc
+
+        M_LEAKY = MallocType("leaky")
+
+        class Drv(Module):
+            name = "drv"
+
+            def load(self):
+                self.buf = malloc(300, M_LEAKY)
+        """
+    )
+    kernel.kldunload("drv")
+    assert any(line.endswith("drv: malloc type leaky leaks 300 bytes") for line in kernel.dmesg())
+
+
+def test_membuf_frees_its_memory_at_unload(kernel: Kernel, example: Callable[[str], str]) -> None:
+    import os
+
+    kernel.kldload(example("membuf"))
+    with kernel.open("/dev/membuf", os.O_RDWR) as f:
+        f.write(b"x" * 100)
+    kernel.kldunload("membuf")
+    assert not any("leaks" in line for line in kernel.dmesg())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -28,7 +28,7 @@ def membuf(kernel: Kernel, example: Callable[[str], str]) -> Kernel:
 
 
 @pytest.fixture
-def f(membuf: Kernel) -> SimFile:
+def f(membuf: Kernel) -> Iterator[SimFile]:
     file = membuf.open(DEV, os.O_RDWR)
     yield file
     file.close()
@@ -125,18 +125,18 @@ def test_size_malloc_type_is_accounted(membuf: Kernel, f: SimFile) -> None:
     assert stat.limit == 64 << 20
 
 
+CONTENT = bytes(range(250)) * 4
+
+
 @pytest.fixture
-def small(kernel: Kernel, example: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> SimFile:
+def small(kernel: Kernel, example: Callable[[str], str], monkeypatch: pytest.MonkeyPatch) -> Iterator[SimFile]:
     """membuf loaded with a 1024-byte limit, holding 1000 bytes."""
-    monkeypatch.setenv("PYKLD_MEMBUF_LIMIT", "1024")
+    monkeypatch.setenv("PYKLD_MEMBUF_LIMIT", "1024")  # read when the module is imported
     kernel.kldload(example("membuf"))
     file = kernel.open(DEV, os.O_RDWR)
-    file.write(bytes(range(250)) * 4)
+    file.write(CONTENT)
     yield file
     file.close()
-
-
-CONTENT = bytes(range(250)) * 4
 
 
 def test_growth_past_limit_is_enomem_and_unchanged(kernel: Kernel, small: SimFile) -> None:

@@ -94,7 +94,7 @@ def active(kernel: Kernel, count: int) -> Callable[[], bool]:
     return lambda: len(kernel.lookup(DEV).active) >= count
 
 
-def test_sleep_releases_the_lock_for_a_writer(sleeper: Kernel, threads, wait_until) -> None:  # noqa: ANN001
+def test_sleep_releases_the_lock_for_a_writer(sleeper: Kernel, threads, wait_until) -> None:
     reader = sleeper.open(DEV)
     got = threads.start(reader.read)
     wait_until(active(sleeper, 1))
@@ -114,7 +114,7 @@ def test_sleep_timeout_returns_false(sleeper: Kernel) -> None:
         assert 0.04 <= time.monotonic() - start < 2
 
 
-def test_wakeup_one_wakes_one_sleeper(sleeper: Kernel, threads, wait_until) -> None:  # noqa: ANN001
+def test_wakeup_one_wakes_one_sleeper(sleeper: Kernel, threads, wait_until) -> None:
     files = [sleeper.open(DEV) for _ in range(3)]
     sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000)) for f in files[:2]]
     wait_until(lambda: files[2].ioctl(ASLEEP) == 2)
@@ -130,7 +130,7 @@ def test_wakeup_one_wakes_one_sleeper(sleeper: Kernel, threads, wait_until) -> N
         f.close()
 
 
-def test_wakeup_wakes_all(sleeper: Kernel, threads, wait_until) -> None:  # noqa: ANN001
+def test_wakeup_wakes_all(sleeper: Kernel, threads, wait_until) -> None:
     files = [sleeper.open(DEV) for _ in range(4)]
     sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000)) for f in files[:3]]
     wait_until(lambda: files[3].ioctl(ASLEEP) == 3)
@@ -153,7 +153,7 @@ def test_nonblocking_sleep_is_eagain(sleeper: Kernel) -> None:
         assert time.monotonic() - start < 0.5  # at once, not after the timeout
 
 
-def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) -> None:  # noqa: ANN001
+def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) -> None:
     # What a transport does for a signal to a blocked caller (FUSE_INTERRUPT).
     file = sleeper.open_file(DEV)
     td = Thread()
@@ -182,7 +182,7 @@ def test_interrupt_before_sleeping_ends_the_sleep_at_once(sleeper: Kernel) -> No
     file.close()
 
 
-def test_forced_destroy_wakes_sleeper_with_enxio(sleeper: Kernel, threads, wait_until) -> None:  # noqa: ANN001
+def test_forced_destroy_wakes_sleeper_with_enxio(sleeper: Kernel, threads, wait_until) -> None:
     f = sleeper.open(DEV)
     got = threads.start(lambda: f.ioctl(SLEEP_MS, 4000))
     wait_until(active(sleeper, 1))
@@ -192,7 +192,7 @@ def test_forced_destroy_wakes_sleeper_with_enxio(sleeper: Kernel, threads, wait_
     f.close()
 
 
-def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, threads) -> None:  # noqa: ANN001
+def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, threads) -> None:
     # The device is destroyed after an operation passed the "destroyed?" check but before
     # it was registered as active: destroy() cannot interrupt it, so it must not sleep.
     f = sleeper.open(DEV)
@@ -210,7 +210,22 @@ def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, thr
     f.close()
 
 
-def test_poll_woken_by_selwakeup(sleeper: Kernel, threads) -> None:  # noqa: ANN001
+def test_close_racing_a_destroy_still_succeeds(sleeper: Kernel) -> None:
+    f = sleeper.open(DEV)
+    cdev = sleeper.lookup(DEV)
+
+    class RacingSet(set):  # type: ignore[type-arg]
+        def add(self, td: object) -> None:
+            cdev.destroy()
+            super().add(td)
+
+    cdev.active = RacingSet()
+    f.close()
+    assert f.closed
+    assert cdev.open_count == 0
+
+
+def test_poll_woken_by_selwakeup(sleeper: Kernel, threads) -> None:
     pollers = [sleeper.open(DEV) for _ in range(2)]
     assert pollers[0].poll(POLLIN) == 0
     waits = [threads.start(lambda p=p: p.poll(POLLIN, timeout=4)) for p in pollers]
