@@ -17,12 +17,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from transport.conftest import EXAMPLES, require, write_driver
+from transport.test_fuse import READ_WITH_ALARM, sh
 
 from pykld import Kernel
 from pykld.transport.cuse import CuseTransport, cuse_available
-
-from transport.conftest import EXAMPLES, require, write_driver
-from transport.test_fuse import READ_WITH_ALARM, sh
 
 FIOC_GET_SIZE = 0x80084500
 FIOC_SET_SIZE = 0x40084501
