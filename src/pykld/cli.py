@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pykld import commands
 from pykld import run as runner
 
 
@@ -19,7 +20,40 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
     run.add_argument("--demo", action="store_true",
                      help='write "hi rust" to the first device and read it back, then keep serving')
+    _add_kld_commands(sub)
     return parser
+
+
+def _add_publishing(parser: argparse.ArgumentParser) -> None:
+    """How a daemon publishes devices; used when the command starts it."""
+    parser.add_argument("--transport", choices=runner.TRANSPORTS, help="default: the best available")
+    parser.add_argument("--dev-dir", help="where the FUSE devfs is mounted (default: the runtime directory's dev/)")
+    parser.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
+
+
+def _add_kld_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    load = sub.add_parser("load", help="load a module into the daemon (kldload), starting the daemon if needed",
+                          epilog="--dev-dir and --no-bind apply when this starts the daemon; --transport must "
+                                 "match a running daemon's")
+    load.add_argument("module", help="a driver file (examples/hello.py) or a module name")
+    _add_publishing(load)
+
+    unload = sub.add_parser("unload", help="unload a module (kldunload)")
+    unload.add_argument("module", help="the module's name or id")
+    unload.add_argument("-f", "--force", action="store_true", help="unload even with its devices open")
+
+    stat = sub.add_parser("stat", help="list the loaded modules (kldstat)")
+    stat.add_argument("-v", "--verbose", action="store_true", help="add device counters and malloc usage")
+    stat.add_argument("--json", action="store_true", help="machine-readable output")
+
+    dmesg = sub.add_parser("dmesg", help="print the message buffer")
+    dmesg.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
+
+    sub.add_parser("shutdown", help="SHUTDOWN every module, unpublish the devices, stop the daemon")
+
+    daemon = sub.add_parser("daemon", help="start the daemon (in the background unless --foreground)")
+    _add_publishing(daemon)
+    daemon.add_argument("--foreground", action="store_true", help="serve in this process (for systemd)")
 
 
 def describe(exc: OSError) -> str:
@@ -37,4 +71,27 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"pykld: {describe(exc)}", file=sys.stderr)
         return 1
+    return _kld_command(args)
+
+
+def _kld_command(args: argparse.Namespace) -> int:
+    try:
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130  # as a shell reports a command ended by SIGINT
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "load":
+        return commands.load(args.module, args.transport, args.dev_dir, not args.no_bind)
+    if args.command == "unload":
+        return commands.unload(args.module, args.force)
+    if args.command == "stat":
+        return commands.stat(args.verbose, args.json)
+    if args.command == "dmesg":
+        return commands.dmesg(args.follow)
+    if args.command == "shutdown":
+        return commands.shutdown()
+    if args.command == "daemon":
+        return commands.daemon(args.transport, args.dev_dir, not args.no_bind, args.foreground)
     return 2

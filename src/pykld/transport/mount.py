@@ -69,7 +69,7 @@ def is_dead(path: str) -> bool:
     try:
         os.statvfs(path)
     except OSError as exc:
-        return exc.errno == errno.ENOTCONN
+        return exc.errno in (errno.ENOTCONN, errno.ECONNABORTED)
     return False
 
 
