@@ -34,6 +34,18 @@ class FiocRwArg(ctypes.Structure):
                 ("prev_size", ctypes.c_size_t), ("new_size", ctypes.c_size_t)]
 
 
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def ioctl_ptr(fd: int, cmd: int, pointer: int) -> int:
+    """ioctl(2) with a pointer argument (fcntl.ioctl takes only a C int or a buffer)."""
+    result = _libc.ioctl(fd, ctypes.c_ulong(cmd), ctypes.c_void_p(pointer))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return int(result)
+
+
 @pytest.fixture
 def cuse() -> Iterator[Kernel]:
     require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
@@ -55,15 +67,22 @@ def test_seed_round_trip_on_a_character_device(cuse: Kernel) -> None:
     assert done.stdout == "hi rust\n", done.stderr
 
 
-def test_restricted_ioctls_and_positional_io(cuse: Kernel) -> None:
+def read_fresh(path: str) -> bytes:
+    """Everything a new open reads (CUSE keeps one position per open)."""
+    with open(path, "rb", buffering=0) as device:
+        return device.read(1 << 20)
+
+
+def test_restricted_ioctls_and_sequential_io(cuse: Kernel) -> None:
     cuse.kldload(str(EXAMPLES / "membuf.py"))
     fd = os.open("/dev/membuf", os.O_RDWR)
     try:
-        os.pwrite(fd, b"hello", 10)
-        assert os.pread(fd, 100, 8) == b"\0\0hello"
-        assert struct.unpack("Q", fcntl.ioctl(fd, FIOC_GET_SIZE, bytes(8)))[0] == 15
-        fcntl.ioctl(fd, FIOC_SET_SIZE, struct.pack("Q", 12))
-        assert os.pread(fd, 100, 0) == b"\0" * 10 + b"he"
+        assert os.write(fd, b"hello") == 5
+        assert os.write(fd, b" world") == 6  # each open has its own position
+        assert read_fresh("/dev/membuf") == b"hello world"
+        assert struct.unpack("Q", fcntl.ioctl(fd, FIOC_GET_SIZE, bytes(8)))[0] == 11
+        fcntl.ioctl(fd, FIOC_SET_SIZE, struct.pack("Q", 5))
+        assert read_fresh("/dev/membuf") == b"hello"
         with pytest.raises(OSError) as unknown:
             fcntl.ioctl(fd, 0x80084563, bytes(8))
         assert unknown.value.errno == errno.ENOTTY
@@ -77,12 +96,12 @@ def test_unrestricted_ioctl_follows_pointers(cuse: Kernel) -> None:
     try:
         source = ctypes.create_string_buffer(b"through pointers", 16)
         arg = FiocRwArg(4, ctypes.addressof(source), 16, 0, 0)
-        assert fcntl.ioctl(fd, FIOC_WRITE, ctypes.addressof(arg)) == 16
+        assert ioctl_ptr(fd, FIOC_WRITE, ctypes.addressof(arg)) == 16
         assert (arg.prev_size, arg.new_size) == (0, 20)
-        assert os.pread(fd, 100, 0) == b"\0" * 4 + b"through pointers"
+        assert read_fresh("/dev/membuf") == b"\0" * 4 + b"through pointers"
         target = ctypes.create_string_buffer(32)
         arg = FiocRwArg(12, ctypes.addressof(target), 32, 0, 0)
-        assert fcntl.ioctl(fd, FIOC_READ, ctypes.addressof(arg)) == 8
+        assert ioctl_ptr(fd, FIOC_READ, ctypes.addressof(arg)) == 8
         assert target.raw[:8] == b"pointers" and (arg.prev_size, arg.new_size) == (20, 20)
     finally:
         os.close(fd)
@@ -93,14 +112,14 @@ def test_bad_pointer_is_efault_and_the_host_goes_on(cuse: Kernel) -> None:
     fd = os.open("/dev/membuf", os.O_RDWR)
     try:
         with pytest.raises(OSError) as bad_arg:
-            fcntl.ioctl(fd, FIOC_READ, 0x10)
+            ioctl_ptr(fd, FIOC_READ, 0x10)
         assert bad_arg.value.errno == errno.EFAULT
         arg = FiocRwArg(0, 0x10, 8, 0, 0)  # a good argument pointing at a bad buffer
-        os.pwrite(fd, b"12345678", 0)
+        os.write(fd, b"12345678")
         with pytest.raises(OSError) as bad_buf:
-            fcntl.ioctl(fd, FIOC_READ, ctypes.addressof(arg))
+            ioctl_ptr(fd, FIOC_READ, ctypes.addressof(arg))
         assert bad_buf.value.errno == errno.EFAULT
-        assert os.pread(fd, 8, 0) == b"12345678"
+        assert read_fresh("/dev/membuf") == b"12345678"
     finally:
         os.close(fd)
 

@@ -28,6 +28,7 @@ from pykld.transport.uaccess import Iovec, IovecMemory, NeedIovecs
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev
+    from pykld.kernel.file import OpenFile
     from pykld.kernel.kernel import Kernel
 
 MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
@@ -56,6 +57,23 @@ class CuseHandler(FileOps):
         # fetched so far, and a finished call's reply waiting for its out-iovecs.
         self._fetched: dict[tuple[int, int, int], list[Iovec]] = {}
         self._finished: dict[tuple[int, int, int], tuple[int, bytes]] = {}
+        # Linux CUSE passes every read and write at offset 0 and its lseek changes
+        # nothing, so the position of each open is kept here: reads and writes
+        # move it, as they move f_pos on a character device.
+        self._positions: dict[int, int] = {}
+
+    def offset(self, fh: int, file: OpenFile, offset: int) -> int:
+        return self._positions.get(fh, 0) if file.cdev.seekable else 0
+
+    def moved(self, fh: int, file: OpenFile, offset: int) -> None:
+        if file.cdev.seekable:
+            self._positions[fh] = offset
+
+    def forget(self, fh: int) -> None:
+        self._positions.pop(fh, None)
+        for key in [k for k in (*self._fetched, *self._finished) if k[0] == fh]:
+            self._fetched.pop(key, None)
+            self._finished.pop(key, None)
 
     def do_cuse_init(self, req: Request) -> Reply:
         minor = negotiate_minor(req.args)
@@ -149,16 +167,21 @@ class CuseChannel:
         """Stop the workers (each leaves on a request we send it), then the channel."""
         self.handler.stopping = True
         self.session.stop()
-        if self.rdev:
-            self._wake_workers()
-        self.handler.close_all()
-        os.close(self.fd)
+        try:
+            if self.rdev:
+                self._wake_workers()
+        except OSError as exc:
+            self.kernel.printf("kernel", f"{self.node}: workers not woken: {exc}")
+        finally:
+            self.handler.close_all()
+            os.close(self.fd)  # with no worker left in read(2), this unregisters the device
 
     def _wake_workers(self) -> None:
         # A worker blocked in read(2) on the channel only notices the end when a
         # request arrives; open our own node for it (a private one: the public
-        # node may be gone already) until every worker has left.
-        with tempfile.TemporaryDirectory(prefix="pykld-cuse-") as private:
+        # node may be gone already) until every worker has left.  It lives in /dev:
+        # other file systems may be mounted nodev or not hold device nodes at all.
+        with tempfile.TemporaryDirectory(prefix=".pykld-wake-", dir="/dev") as private:
             node = os.path.join(private, "wake")
             os.mknod(node, 0o600 | stat.S_IFCHR, self.rdev)
             deadline = time.monotonic() + 5

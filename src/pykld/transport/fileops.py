@@ -113,18 +113,27 @@ class FileOps:
         finally:
             self._inflight.pop(req.unique, None)
 
+    def offset(self, fh: int, file: OpenFile, offset: int) -> int:
+        """The offset an operation starts at: the caller's, as the kernel sent it."""
+        return offset if file.cdev.seekable else 0
+
+    def moved(self, fh: int, file: OpenFile, offset: int) -> None:
+        """Where an operation left the file: the kernel keeps the position itself."""
+
     def do_read(self, req: Request) -> Reply:
         args = req.args
         file = self._file(args.fh)
-        offset = args.offset if file.cdev.seekable else 0
-        uio = self._serve(req, file.read, offset, args.size, args.flags)
+        uio = self._serve(req, file.read, self.offset(args.fh, file, args.offset), args.size, args.flags)
+        self.moved(args.fh, file, uio.offset)
         return reply.data(req.unique, uio.chunks)
 
     def do_write(self, req: Request) -> Reply:
         args = req.args
         file = self._file(args.fh)
-        offset = args.offset if file.cdev.seekable else 0
-        return reply.write(req.unique, self._serve(req, file.write, offset, args.data, args.flags))
+        start = self.offset(args.fh, file, args.offset)
+        count = self._serve(req, file.write, start, args.data, args.flags)
+        self.moved(args.fh, file, start + count)
+        return reply.write(req.unique, count)
 
     def do_ioctl(self, req: Request) -> Reply:
         """Restricted ioctl: the kernel copied the argument by its encoded size."""
@@ -146,6 +155,7 @@ class FileOps:
         return reply.empty(req.unique)
 
     def do_release(self, req: Request) -> Reply:
+        self.forget(req.args.fh)
         file = self.files.pop(req.args.fh, None)
         if file is not None:
             try:
@@ -153,6 +163,9 @@ class FileOps:
             except OSError as exc:  # release has no caller left to tell
                 self.log(f"close of {file.cdev.path} failed: {exc}")
         return reply.empty(req.unique)
+
+    def forget(self, fh: int) -> None:
+        """The open `fh` is gone: drop what a subclass keeps for it."""
 
     def do_interrupt(self, req: Request) -> Reply:
         target = req.args.unique
