@@ -8,8 +8,6 @@ root), then sim (in process only).
 from __future__ import annotations
 
 import errno
-import importlib
-import importlib.util
 import os
 import signal
 import subprocess
@@ -17,6 +15,8 @@ import threading
 from typing import Protocol
 
 from pykld.kernel.kernel import Kernel
+from pykld.transport.cuse import CuseTransport, cuse_available
+from pykld.transport.fuse import DEFAULT_DEV_DIR, FuseTransport
 
 TRANSPORTS = ("cuse", "fuse", "sim")
 
@@ -40,7 +40,7 @@ def _usable(path: str) -> bool:
 def available() -> list[str]:
     """The transports this machine can run, best first."""
     found = []
-    if _usable("/dev/cuse") and os.geteuid() == 0 and _has_cuse_transport():
+    if os.geteuid() == 0 and cuse_available():
         found.append("cuse")
     if _usable("/dev/fuse"):
         found.append("fuse")
@@ -48,18 +48,11 @@ def available() -> list[str]:
     return found
 
 
-def _has_cuse_transport() -> bool:
-    return importlib.util.find_spec("pykld.transport.cuse") is not None
-
-
 def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Transport | None:
     if name == "fuse":
-        from pykld.transport.fuse import DEFAULT_DEV_DIR, FuseTransport
-
         return FuseTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind)
     if name == "cuse":
-        cuse = importlib.import_module("pykld.transport.cuse")
-        return cuse.CuseTransport(kernel)  # type: ignore[no-any-return]
+        return CuseTransport(kernel)
     return None
 
 
