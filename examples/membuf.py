@@ -58,7 +58,7 @@ class Membuf(CharacterDevice):
         offset, end = uio.offset, uio.offset + uio.resid
         if end > len(self.data):
             self.resize(end)
-        self.data[offset:end] = uio.move_in()
+        uio.move_into(self.data, offset)
 
     def ioctl(self, file: OpenFile, cmd: int, data: bytearray | int) -> int | None:
         if cmd == FIOC_GET_SIZE:

@@ -118,8 +118,12 @@ def test_bytes_move_out_without_copy() -> None:
     uio = Uio.for_read(0, 100)
     uio.move_out(source)
     (chunk,) = uio.chunks
-    assert isinstance(chunk, memoryview)
-    assert chunk.obj is source  # a view of the driver's bytes, not a copy
+    assert chunk is source  # the driver's own bytes, not a copy
+    uio = Uio.for_read(3, 4)
+    uio.move_out(source)
+    (part,) = uio.chunks
+    assert isinstance(part, memoryview) and part.obj is source  # a view, not a copy
+    assert bytes(part) == b"utab"
 
 
 def test_bytearray_source_is_copied_at_move_time() -> None:

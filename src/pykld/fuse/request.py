@@ -438,6 +438,12 @@ _HDR = 40  # body offset
 _IN_HEADER = struct.Struct("<IIQQIIIHH")
 
 _U64 = struct.Struct("<Q")
+
+#: fuse_in_header followed by fuse_read_in, or by fuse_write_in (the same layout:
+#: fh, offset, size, read/write_flags, lock_owner, flags, padding), for transports
+#: that decode their hottest requests, READ and WRITE, in one unpack (minor >= 9).
+#: A WRITE's data starts at HEADER_AND_IO.size.
+HEADER_AND_IO = struct.Struct("<IIQQIIIHH" + "QQIIQI4x")
 _GETATTR_IN = struct.Struct("<I4xQ")
 _SETATTR_IN = struct.Struct("<I4xQQQqqqIIII4xII4x")
 _OPEN_IN = struct.Struct("<II")

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
     from pykld.kernel.sched import Poller
 
 _count_lock = threading.Lock()
+_O_NONBLOCK = os.O_NONBLOCK
+_enter = _curthread.set
+_leave = _curthread.reset
 
 
 class OpenFile:
@@ -57,23 +60,27 @@ class OpenFile:
         td.kernel = self.kernel
         td.module = cdev.module
         td.file = self
-        td.nonblock = bool((self.flags if flags is None else flags) & os.O_NONBLOCK)
-        token = _curthread.set(td)
-        cdev.active.add(td)
+        td.nonblock = ((self.flags if flags is None else flags) & _O_NONBLOCK) != 0
+        token = _enter(td)
+        active = cdev.active
+        active.add(td)
         lock = cdev.lock
         try:
             if cdev.destroyed:
                 # Destroyed between the check above and joining `active`: destroy()
                 # did not see this thread to interrupt it, so a sleep would never end.
                 raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
-            if lock is not None:
+            if lock is None:
+                return getattr(cdev.device, op)(self, *args)
+            if not lock.acquire(False):
+                if td.blocking is not None:
+                    td.blocking()  # another operation holds the device: we may wait a while
                 lock.acquire()
-                td.lock = lock
+            td.lock = lock
             try:
                 return getattr(cdev.device, op)(self, *args)
             finally:
-                if lock is not None:
-                    lock.release()
+                lock.release()
         except OSError as exc:
             cdev.stats.errors += 1
             if not isinstance(exc.errno, int) or exc.errno <= 0:
@@ -86,8 +93,8 @@ class OpenFile:
             self.kernel.log_fault(cdev.module, f"{op} on {cdev.path}", exc)
             raise OSError(errno.EIO, f"{cdev.path}: driver fault in {op}: {exc!r}", None) from exc
         finally:
-            cdev.active.discard(td)
-            _curthread.reset(token)
+            active.discard(td)
+            _leave(token)
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
         uio = Uio.for_read(offset, size)

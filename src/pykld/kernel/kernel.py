@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.kernel import file as files
@@ -26,6 +27,9 @@ from pykld.kernel.sched import Thread, _curthread
 
 if TYPE_CHECKING:
     from pykld.transport.sim import SimFile
+
+
+CLOSE_GRACE = 0.5  # seconds an unload waits for closes still on their way
 
 
 class ModuleStat(NamedTuple):
@@ -126,7 +130,7 @@ class Kernel:
         overrides both (open files then get ENXIO) and unloads even when UNLOAD fails."""
         with self._lock:
             record = self._find(target)
-            if record.refs and not force:
+            if record.refs and not force and not self._closes_settle(record):
                 raise OSError(errno.EBUSY, f"module {record.name}: {record.refs} open file(s)", None)
             try:
                 self._event(record, ModuleEvent.QUIESCE)
@@ -140,6 +144,15 @@ class Kernel:
                     raise
                 self.printf("kernel", f"{record.name}: forced unload despite: {exc}")
             self._discard(record)
+
+    @staticmethod
+    def _closes_settle(record: LoadedModule, grace: float = CLOSE_GRACE) -> bool:
+        """Wait briefly for closes in flight: over FUSE the kernel sends RELEASE after
+        close(2) has returned, so `cat dev; kldunload` would otherwise race it."""
+        deadline = time.monotonic() + grace
+        while record.refs and time.monotonic() < deadline:
+            time.sleep(0.005)
+        return not record.refs
 
     def _find(self, target: str | int) -> LoadedModule:
         for record in self._modules.values():

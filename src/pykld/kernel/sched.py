@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import errno
 import threading
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -30,7 +30,7 @@ class Poller(Protocol):
 class Thread:
     """The context of one event or operation in the kernel (FreeBSD's struct thread)."""
 
-    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory",
+    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "blocking",
                  "interrupted", "_wait")
 
     def __init__(self, kernel: Kernel | None = None, module: LoadedModule | None = None) -> None:
@@ -41,6 +41,9 @@ class Thread:
         self.lock: Any = None  # the device lock held for this operation, if serialized
         self.poller: Poller | None = None  # set while a poll operation runs
         self.memory: UserMemory | None = None  # the caller's address space, where reachable
+        # Called before this thread may block (sleep, a busy device lock): the
+        # transport lets another thread take new requests meanwhile.
+        self.blocking: Callable[[], None] | None = None
         self.interrupted = 0  # errno that ends any sleep of this thread (EINTR, ENXIO)
         self._wait: threading.Event | None = None
 
@@ -125,6 +128,8 @@ def sleep(chan: Hashable, timeout: float | None = None, lock: Any = None) -> boo
     try:
         if td.interrupted:
             raise OSError(td.interrupted, "sleep interrupted", None)
+        if td.blocking is not None:
+            td.blocking()
         if held is not None:
             held.release()
         try:

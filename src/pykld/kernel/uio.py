@@ -4,6 +4,9 @@ A Uio carries the caller's file offset and the bytes still to move (resid).
 Moves are short when the data runs out and never go past resid; a read that
 moves nothing is end of file.  A read Uio collects the outgoing bytes as a
 list of buffers so a transport can send them with one writev and no join.
+
+Every request passes through here, so the moves avoid needless work: bytes
+go out as views (no copy), mutable buffers are copied once, by slicing.
 """
 
 from __future__ import annotations
@@ -21,6 +24,17 @@ class UioRw(enum.Enum):
     WRITE = "write"  # data moves in from the caller to the driver
 
 
+_READ = UioRw.READ
+_WRITE = UioRw.WRITE
+
+
+def _bytes_view(data: Buffer) -> Buffer:
+    """`data` indexable by byte: memoryviews of other formats are cast."""
+    if type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1):
+        return data.cast("B")
+    return data
+
+
 class Uio:
     __slots__ = ("offset", "resid", "size", "rw", "chunks", "_data", "_pos")
 
@@ -32,17 +46,17 @@ class Uio:
         self.resid = resid
         self.size = resid  # what the caller asked for; size - resid is what moved
         self.chunks: list[Buffer] = []  # READ: what the driver moved out, in order
-        self._data = memoryview(data).cast("B") if rw is UioRw.WRITE else _EMPTY
+        self._data = memoryview(data).cast("B") if rw is _WRITE else _EMPTY
         self._pos = 0
 
     @classmethod
     def for_read(cls, offset: int, size: int) -> Uio:
-        return cls(UioRw.READ, offset, size)
+        return cls(_READ, offset, size)
 
     @classmethod
     def for_write(cls, offset: int, data: Buffer) -> Uio:
         view = memoryview(data)
-        return cls(UioRw.WRITE, offset, view.nbytes, view)
+        return cls(_WRITE, offset, view.nbytes, view)
 
     # -- reads: driver -> caller ------------------------------------------------
 
@@ -52,11 +66,12 @@ class Uio:
         For stream devices, where the caller's offset means nothing.  Returns the
         count moved.
         """
-        self._require(UioRw.READ)
-        view = memoryview(data).cast("B")
-        count = min(view.nbytes, self.resid)
+        if self.rw is not _READ:
+            self._wrong_way()
+        data = _bytes_view(data)
+        count = min(len(data), self.resid)
         if count:
-            self._emit(data, view, 0, count)
+            self._emit(data, 0, count)
         return count
 
     def move_out(self, buf: Buffer) -> int:
@@ -64,20 +79,29 @@ class Uio:
 
         An offset at or past the end of `buf` moves nothing: end of file.
         """
-        self._require(UioRw.READ)
-        view = memoryview(buf).cast("B")
+        if self.rw is not _READ:
+            self._wrong_way()
+        buf = _bytes_view(buf)
         start = self.offset
-        if start >= view.nbytes:
+        size = len(buf)
+        if start >= size:
             return 0
-        count = min(view.nbytes - start, self.resid)
-        self._emit(buf, view, start, count)
+        count = min(size - start, self.resid)
+        self._emit(buf, start, count)
         return count
 
-    def _emit(self, source: Buffer, view: memoryview, start: int, count: int) -> None:
-        # Immutable bytes are sent as a view (no copy); anything mutable is copied
-        # now, because the driver may change or resize it once its lock is dropped.
-        chunk = view[start : start + count]
-        self.chunks.append(chunk if isinstance(source, bytes) else chunk.tobytes())
+    def _emit(self, source: Buffer, start: int, count: int) -> None:
+        # Immutable bytes go out as a view, without a copy; anything mutable is
+        # copied now (a slice), because the driver may change or resize it once
+        # its lock is dropped, before the transport sends it.
+        if type(source) is bytes:
+            chunk: Buffer = source if start == 0 and count == len(source) else \
+                memoryview(source)[start : start + count]
+        elif isinstance(source, bytearray):  # malloc's Memory too
+            chunk = source[start : start + count]
+        else:
+            chunk = bytes(source[start : start + count])
+        self.chunks.append(chunk)
         self.offset += count
         self.resid -= count
 
@@ -88,18 +112,29 @@ class Uio:
 
     def move_in(self, limit: int | None = None) -> bytes:
         """Take the caller's next bytes, all that remain or at most `limit`."""
-        self._require(UioRw.WRITE)
+        count = self._take(limit)
+        pos = self._pos - count
+        return self._data[pos : pos + count].tobytes()
+
+    def move_into(self, buf: bytearray | memoryview, at: int, limit: int | None = None) -> int:
+        """Copy the caller's next bytes straight into `buf` from index `at` (one copy,
+        for drivers that keep a buffer); `buf` must be long enough.  Returns the count."""
+        count = self._take(limit)
+        pos = self._pos - count
+        buf[at : at + count] = self._data[pos : pos + count]
+        return count
+
+    def _take(self, limit: int | None) -> int:
+        if self.rw is not _WRITE:
+            self._wrong_way()
         count = self.resid if limit is None else max(0, min(limit, self.resid))
-        pos = self._pos
-        data = self._data[pos : pos + count].tobytes()
-        self._pos = pos + count
+        self._pos += count
         self.offset += count
         self.resid -= count
-        return data
+        return count
 
-    def _require(self, rw: UioRw) -> None:
-        if self.rw is not rw:
-            raise TypeError(f"this uio describes a {self.rw.value}; it cannot move data the other way")
+    def _wrong_way(self) -> None:
+        raise TypeError(f"this uio describes a {self.rw.value}; it cannot move data the other way")
 
     def __repr__(self) -> str:
         return f"Uio({self.rw.value}, offset={self.offset}, resid={self.resid})"

@@ -28,7 +28,6 @@ from pykld.transport.uaccess import Iovec, IovecMemory, NeedIovecs
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev
-    from pykld.kernel.file import OpenFile
     from pykld.kernel.kernel import Kernel
 
 MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
@@ -60,17 +59,10 @@ class CuseHandler(FileOps):
         # Linux CUSE passes every read and write at offset 0 and its lseek changes
         # nothing, so the position of each open is kept here: reads and writes
         # move it, as they move f_pos on a character device.
-        self._positions: dict[int, int] = {}
-
-    def offset(self, fh: int, file: OpenFile, offset: int) -> int:
-        return self._positions.get(fh, 0) if file.cdev.seekable else 0
-
-    def moved(self, fh: int, file: OpenFile, offset: int) -> None:
-        if file.cdev.seekable:
-            self._positions[fh] = offset
+        self.positions = {}
 
     def forget(self, fh: int) -> None:
-        self._positions.pop(fh, None)
+        super().forget(fh)
         for key in [k for k in (*self._fetched, *self._finished) if k[0] == fh]:
             self._fetched.pop(key, None)
             self._finished.pop(key, None)
@@ -136,8 +128,9 @@ class CuseChannel:
         self.handler = CuseHandler(kernel, cdev)
         self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
         self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_IO), name=f"cuse:{cdev.name}",
-                               log=lambda text: kernel.printf("kernel", text))
-        self.handler.session = self.session
+                               log=lambda text: kernel.printf("kernel", text),
+                               fast_paths=self.handler.fast_paths())
+        self.handler.attach(self.session)
 
     def start(self) -> None:
         self.session.start()

@@ -224,8 +224,9 @@ class FuseTransport:
         options += f",max_read={MAX_WRITE}"
         self.fd = mount.mount_fuse(self.dev_dir, options)
         self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_WRITE, 256),
-                               name="fuse", log=lambda text: self.kernel.printf("kernel", text))
-        self.handler.session = self.session
+                               name="fuse", log=lambda text: self.kernel.printf("kernel", text),
+                               fast_paths=self.handler.fast_paths())
+        self.handler.attach(self.session)
         for cdev in self.kernel.devfs:
             self._on_devfs("create", cdev)
         self.kernel.devfs.subscribe(self._on_devfs)

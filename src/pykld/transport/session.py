@@ -1,9 +1,13 @@
 """A FUSE/CUSE session: the channel file descriptor and the threads that serve it.
 
-Workers read requests straight from the channel, as libfuse's multithreaded
-loop does.  When the last idle worker takes a request, another is started, so
-a driver that sleeps (a blocked reader) never stalls other callers; surplus
-idle workers exit.  A reply is one writev of header and payload buffers.
+Leader/follower: one thread, the reader, reads a request and serves it itself,
+then reads the next, so a stream of quick requests costs no thread hand-off.
+When the request it serves is about to block (the driver sleeps, or waits for
+the device lock) the reader hands its role on first: it promotes a parked
+follower or starts a new thread.  So a blocked caller never stalls another
+caller.  A monitor promotes a follower too when a request makes no progress
+without saying it blocks (a driver calling time.sleep).  A reply is one
+writev of header and payload buffers.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ import errno
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from pykld.fuse import request as fuse_request
 from pykld.fuse.abi import OUR_MINOR
@@ -21,13 +25,16 @@ from pykld.kernel.uio import Buffer
 
 Reply: TypeAlias = bytes | Sequence[Buffer] | None
 Handler: TypeAlias = Callable[[fuse_request.Request], Reply]
+FastPath: TypeAlias = Callable[[memoryview, int], Reply]
 
 _GONE = (errno.ENODEV, errno.EBADF, errno.ECONNABORTED)  # the connection is over
+MONITOR_TICK = 0.05  # seconds a request may hold the reader role without progress
 
 
 class Session:
     def __init__(self, fd: int, handler: Handler, bufsize: int, name: str = "fuse",
-                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None) -> None:
+                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None,
+                 fast_paths: dict[int, FastPath] | None = None) -> None:
         self.fd = fd
         self.handler = handler
         self.bufsize = bufsize
@@ -36,94 +43,132 @@ class Session:
         self.max_workers = max_workers
         self.max_idle = max_idle
         self.log = log or (lambda text: None)
+        self.fast_paths = fast_paths or {}  # opcode -> a decoder-and-handler in one
         self._lock = threading.Lock()
+        self._followers_wake = threading.Condition(self._lock)
         self._workers = 0
-        self._idle = 0
+        self._readers = 0  # threads in, or on their way to, read(2)
+        self._parked = 0  # followers waiting to become the reader
+        self._promotions = 0  # promotions handed to parked followers, not taken yet
+        self._progress = 0  # requests taken so far, for the monitor
         self._stopping = False
         self.finished = threading.Event()  # set when the connection ended and every worker left
-
-    def start(self) -> None:
-        self._spawn()
 
     @property
     def workers(self) -> int:
         return self._workers
 
+    def start(self) -> None:
+        with self._lock:
+            self._spawn_reader()
+        threading.Thread(target=self._monitor, name=f"pykld-{self.name}-monitor", daemon=True).start()
+
     def stop(self) -> None:
         """Stop taking requests (the caller unmounts or closes the channel to wake readers)."""
-        self._stopping = True
-
-    def _spawn(self) -> None:
         with self._lock:
-            if self._workers >= self.max_workers or self._stopping:
-                return
-            self._workers += 1
-            self._idle += 1
+            self._stopping = True
+            self._followers_wake.notify_all()
+
+    # -- the reader role -----------------------------------------------------------------
+
+    def _spawn_reader(self) -> None:
+        """With the lock held: one more thread, as the reader."""
+        if self._workers >= self.max_workers or self._stopping:
+            return
+        self._workers += 1
+        self._readers += 1
         threading.Thread(target=self._work, name=f"pykld-{self.name}", daemon=True).start()
+
+    def ensure_reader(self) -> None:
+        """The request being served may block: make sure another thread reads meanwhile."""
+        with self._lock:
+            if self._readers or self._stopping:
+                return
+            if self._parked > self._promotions:
+                self._promotions += 1
+                self._readers += 1
+                self._followers_wake.notify()
+            else:
+                self._spawn_reader()
+
+    def _monitor(self) -> None:
+        seen = -1
+        while not self._stopping:
+            threading.Event().wait(MONITOR_TICK)
+            with self._lock:
+                stalled = self._readers == 0 and self._progress == seen
+                seen = self._progress
+            if stalled:
+                self.ensure_reader()
 
     def _work(self) -> None:
         buf = bytearray(self.bufsize)
         view = memoryview(buf)
-        idle = True
+        fd = self.fd
+        readv = os.readv
+        into = [buf]
         try:
-            while not self._stopping:
+            while True:
                 try:
-                    nbytes = os.readv(self.fd, [buf])
+                    nbytes = readv(fd, into)
                 except OSError as exc:
                     if exc.errno in _GONE:
                         self._stopping = True
-                        break
+                        return
                     continue  # ENOENT: the request was interrupted before we read it; EINTR
                 if nbytes == 0:
                     self._stopping = True
-                    break
-                idle = False
-                self._claim()
-                self.serve(view, nbytes)
-                if self._surplus():
                     return
-                idle = True
+                with self._lock:
+                    self._readers -= 1
+                    self._progress += 1
+                self.serve(view, nbytes)
+                if not self._take_reader_role():
+                    return
         finally:
             with self._lock:
                 self._workers -= 1
-                if idle:
-                    self._idle -= 1
                 last = self._workers == 0
             if last and self._stopping:
                 self.finished.set()
 
-    def _claim(self) -> None:
+    def _take_reader_role(self) -> bool:
+        """After serving: read again if nobody else does, else park as a follower.
+        False when this thread should exit."""
         with self._lock:
-            self._idle -= 1
-            spawn = self._idle == 0
-        if spawn:
-            self._spawn()
-
-    def _surplus(self) -> bool:
-        """Back to idle, or True when enough workers idle already and this one should exit."""
-        with self._lock:
-            if self._idle >= self.max_idle:
-                return True
-            self._idle += 1
+            while not self._stopping:
+                if self._readers == 0:
+                    self._readers += 1
+                    return True
+                if self._promotions:
+                    self._promotions -= 1  # promoted while serving: the role is ours already
+                    return True
+                if self._parked >= self.max_idle:
+                    return False
+                self._parked += 1
+                self._followers_wake.wait()
+                self._parked -= 1
             return False
+
+    # -- one request -----------------------------------------------------------------------
 
     def serve(self, view: memoryview, nbytes: int) -> None:
         """Decode one request, run its handler, send its reply."""
+        reply: Reply
         try:
-            req = fuse_request.parse(view, nbytes, minor=self.minor)
+            fast = self.fast_paths.get(view[4] | view[5] << 8) if nbytes >= 40 else None
+            if fast is not None:
+                reply = fast(view, nbytes)  # READ and WRITE: decoded and served in one go
+            else:
+                reply = self.handler(fuse_request.parse(view, nbytes, minor=self.minor))
         except fuse_request.ProtocolError as exc:
             self.log(f"{self.name}: malformed request dropped: {exc}")
-            if exc.unique is not None:
-                self.send(error_reply(exc.unique, exc.errno))
-            return
-        try:
-            reply = self.handler(req)
+            reply = error_reply(exc.unique, exc.errno) if exc.unique is not None else None
         except OSError as exc:
-            reply = error_reply(req.unique, exc.errno if isinstance(exc.errno, int) and exc.errno > 0
-                                else errno.EIO)
+            reply = error_reply(_unique(view), _errno_of(exc))
         except Exception as exc:  # a bug in pykld itself: answer, log, keep serving
-            self.log(f"{self.name}: internal error on {req!r}: {exc!r}")
-            reply = error_reply(req.unique, errno.EIO)
+            self.log(f"{self.name}: internal error on opcode {view[4]}: {exc!r}")
+            reply = error_reply(_unique(view), errno.EIO)
         if reply is not None:
             self.send(reply)
 
@@ -137,3 +182,12 @@ class Session:
             # ENOENT: the caller was interrupted and the kernel forgot the request.
             if exc.errno not in (errno.ENOENT, *_GONE):
                 self.log(f"{self.name}: reply failed: {exc}")
+
+
+def _unique(view: memoryview) -> int:
+    return int.from_bytes(view[8:16], "little")
+
+
+def _errno_of(exc: OSError) -> int:
+    code: Any = exc.errno
+    return code if isinstance(code, int) and 0 < code < 512 else errno.EIO
