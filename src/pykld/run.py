@@ -75,11 +75,15 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
     choice = transport or available()[0]
     if choice not in available():
         raise OSError(errno.ENODEV, f"transport {choice} is not available here", None)
+    stop = threading.Event()
+    # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
+    # during the clean-up must not kill the process halfway through unmounting.
+    previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     kernel = Kernel()
     published = make_transport(kernel, choice, dev_dir, bind)
-    if published is not None:
-        published.start()
     try:
+        if published is not None:
+            published.start()
         kernel.kldload(module)
         record = kernel.kldstat()[-1]
         if published is not None:
@@ -97,24 +101,12 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
             print("pykld: the sim transport serves this process only; nothing to wait for", flush=True)
             return 0
         print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
-        _wait_for_signal()
+        while not stop.wait(3600):
+            pass
         return 0
     finally:
         kernel.shutdown()
         if published is not None:
             published.stop()
-
-
-def _wait_for_signal() -> None:
-    stop = threading.Event()
-
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while not stop.wait(3600):
-            pass
-    finally:
-        for signum, previous in old.items():
-            signal.signal(signum, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
