@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import errno
 import os
+import select
+import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -332,3 +335,62 @@ def test_serialized_device_cannot_meet_itself(kernel: Kernel, load_driver: Load,
     assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in errors)  # BrokenBarrierError
     for f in files:
         f.close()
+
+
+STUBBORN = '''
+import time
+from pykld import CharacterDevice, Module, SelInfo, make_dev, selrecord
+
+class Stubborn(CharacterDevice):
+    """Never ready, never wakes its pollers; its read takes a while without sleep()."""
+    def __init__(self):
+        self.sel = SelInfo()
+        self.log = []
+    def poll(self, file, events):
+        selrecord(self.sel)
+        return 0
+    def read(self, file, uio):
+        time.sleep(0.3)
+        self.log.append("read done")
+        uio.move_out(b"late")
+
+class StubbornModule(Module):
+    name = "stubborn"
+    def load(self):
+        self.dev = Stubborn()
+        make_dev(self.dev, "stubborn", mode=0o666)
+    def unload(self):
+        self.dev.log.append("unload")
+'''
+
+
+def test_destroy_wakes_pollers_the_driver_forgot(kernel, load_driver) -> None:  # type: ignore[no-untyped-def]
+    load_driver(STUBBORN, name="stubborn")
+    f = kernel.open("/dev/stubborn")
+    outcome: list[object] = []
+
+    def poller() -> None:
+        try:
+            outcome.append(f.poll(select.POLLIN, timeout=None))
+        except OSError as exc:
+            outcome.append(exc.errno)
+
+    thread = threading.Thread(target=poller, daemon=True)
+    thread.start()
+    time.sleep(0.1)
+    kernel.kldunload("stubborn", force=True)
+    thread.join(5)
+    assert not thread.is_alive(), "a poller on a destroyed device was never woken"
+    assert outcome == [errno.ENXIO]
+
+
+def test_destroy_waits_for_operations_inside_the_driver(kernel, load_driver) -> None:  # type: ignore[no-untyped-def]
+    load_driver(STUBBORN, name="stubborn")
+    device = kernel.devfs.lookup("stubborn").device  # type: ignore[union-attr]
+    f = kernel.open("/dev/stubborn")
+    reader = threading.Thread(target=lambda: f.read(10), daemon=True)
+    reader.start()
+    time.sleep(0.1)  # the read is inside the driver now
+    kernel.kldunload("stubborn", force=True)
+    assert "read done" in device.log  # the unload returned only after the read left the driver
+    reader.join(5)

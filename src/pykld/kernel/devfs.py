@@ -12,15 +12,18 @@ import itertools
 import stat
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from pykld.kernel.sched import Poller, Thread, curthread
+
 if TYPE_CHECKING:
     from pykld.kernel.modules import LoadedModule
-    from pykld.kernel.sched import Thread
 
 MAX_NAME = 255  # SPECNAMELEN
+DRAIN_TIMEOUT = 5.0  # seconds destroy_dev waits for operations inside the driver
 _inodes = itertools.count(2)  # 1 is the devfs root
 
 
@@ -52,6 +55,9 @@ class Cdev:
     open_count: int = 0
     destroyed: bool = False
     active: set[Thread] = field(default_factory=set)  # operations in progress
+    # Pollers that have polled this device: a destroy wakes them, so that no poll
+    # waits for ever on a device that is gone, whatever the driver forgot to wake.
+    pollers: weakref.WeakSet[Poller] = field(default_factory=weakref.WeakSet)
     stats: CdevStats = field(default_factory=CdevStats)
     devfs: Devfs | None = None
 
@@ -128,7 +134,23 @@ class Devfs:
             sleepers = list(cdev.active)
         for td in sleepers:
             td.interrupt(errno.ENXIO)
+        for poller in list(cdev.pollers):
+            poller.notify()
+        self._drain(cdev)
         self._tell("destroy", cdev)
+
+    @staticmethod
+    def _drain(cdev: Cdev, timeout: float = DRAIN_TIMEOUT) -> None:
+        """Wait for the operations still inside the driver to leave, as destroy_dev(9)
+        does, so an unload does not pull the module from under them.  A driver that
+        destroys its own device from one of its operations is not made to wait: it
+        may hold the device lock the others wait for (FreeBSD's destroy_dev_sched case)."""
+        me = curthread()
+        if me is not None and me in cdev.active:
+            return
+        deadline = time.monotonic() + timeout
+        while cdev.active and time.monotonic() < deadline:
+            time.sleep(0.001)
 
     def _tell(self, what: str, cdev: Cdev) -> None:
         for listener in list(self._listeners):

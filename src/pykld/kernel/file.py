@@ -78,6 +78,8 @@ class OpenFile:
                 lock.acquire()
             td.lock = lock
             try:
+                if cdev.destroyed:  # while we waited for the lock
+                    raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
                 return getattr(cdev.device, op)(self, *args)
             finally:
                 lock.release()
@@ -141,6 +143,8 @@ class OpenFile:
         if td is None:
             td = Thread()
         td.poller = poller
+        if poller is not None:
+            self.cdev.pollers.add(poller)
         revents = self._run(td, "poll", None, events)
         self.cdev.stats.polls += 1
         if revents is None:

@@ -33,7 +33,7 @@ _EARLY_INTERRUPTS = 256  # interrupts remembered for requests not seen yet
 class FusePoller:
     """A poll caller on the far side of the kernel: selwakeup sends FUSE_NOTIFY_POLL."""
 
-    __slots__ = ("session", "kh")
+    __slots__ = ("session", "kh", "__weakref__")
 
     def __init__(self, session: Session, kh: int) -> None:
         self.session = session
