@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_BASE := python3-venv python3-pip fuse3
 APT_BENCH := libfuse3-dev pkg-config gcc
 
-.PHONY: run test test-vm lint bench deps clean
+.PHONY: run test test-vm lint bench bench-cuse deps clean
 
 deps: $(STAMP)
 
@@ -43,6 +43,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	tools/apt-need $(APT_BENCH)
 	$(PY) bench/membuf_bench.py
+
+bench-cuse: $(STAMP)
+	tools/apt-need $(APT_BENCH)
+	$(PY) bench/cuse_bench.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.fuse import abi, reply
 from pykld.fuse.request import Request, negotiate_minor
@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
 NODE_TIMEOUT = 10.0
+SPECULATIVE_OUT = 256  # bytes: caller structures up to this size are also asked for as out-iovecs
 
 
 def cuse_available() -> bool:
@@ -52,9 +53,9 @@ class CuseHandler(FileOps):
         self.table: dict[int, Any] = self.handlers()
         self.table.update({abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
                            abi.Opcode.IOCTL: self.do_ioctl_unrestricted})
-        # Unrestricted ioctls in progress, by (fh, cmd, arg): the caller memory
-        # fetched so far, and a finished call's reply waiting for its out-iovecs.
-        self._fetched: dict[tuple[int, int, int], list[Iovec]] = {}
+        # Unrestricted ioctls in progress, by (fh, cmd, arg): the rounds so far, and
+        # a finished call's reply waiting for its out-iovecs.
+        self._rounds: dict[tuple[int, int, int], _Rounds] = {}
         self._finished: dict[tuple[int, int, int], tuple[int, bytes]] = {}
         # Linux CUSE passes every read and write at offset 0 and its lseek changes
         # nothing, so the position of each open is kept here: reads and writes
@@ -63,8 +64,8 @@ class CuseHandler(FileOps):
 
     def forget(self, fh: int) -> None:
         super().forget(fh)
-        for key in [k for k in (*self._fetched, *self._finished) if k[0] == fh]:
-            self._fetched.pop(key, None)
+        for key in [k for k in (*self._rounds, *self._finished) if k[0] == fh]:
+            self._rounds.pop(key, None)
             self._finished.pop(key, None)
 
     def do_cuse_init(self, req: Request) -> Reply:
@@ -95,26 +96,62 @@ class CuseHandler(FileOps):
         # A sized command's argument travels as in FUSE's restricted form.
         base_in = [(args.arg, cmd.size)] if cmd.size and cmd.copies_in else []
         base_out = [(args.arg, cmd.size)] if cmd.size and cmd.copies_out else []
-        fetched = self._fetched.pop(key, base_in)
-        if args.in_size != sum(n for _, n in fetched) or args.out_size < sum(n for _, n in base_out):
-            fetched = base_in
-            if base_in or base_out:
-                self._fetched[key] = fetched
-                return reply.ioctl_retry(req.unique, fetched, base_out)
-        memory = IovecMemory(fetched, args.data)
+        rounds = self._rounds.pop(key, None)
+        if rounds is None or args.in_size != _total(rounds.reads) or args.out_size != _total(rounds.outs):
+            rounds = _Rounds(list(base_in), list(base_out))  # a new call, not a retry of ours
+            if args.in_size != _total(base_in) or args.out_size != _total(base_out):
+                self._rounds[key] = rounds
+                return reply.ioctl_retry(req.unique, rounds.reads, rounds.outs)
+        memory = IovecMemory(rounds.reads, args.data)
         try:
             result, out = self._serve(req, file.ioctl, args.cmd, args.arg,
                                       args.data[: cmd.size] if base_in else None, memory)
         except NeedIovecs as need:
-            more = fetched + [iov for iov in need.reads if iov not in fetched]
-            self._fetched[key] = more
-            return reply.ioctl_retry(req.unique, more, base_out)
+            fresh = [iov for iov in need.reads if iov not in rounds.reads]
+            rounds.reads.extend(fresh)
+            # Drivers write results back into the small structures they read (sizes,
+            # status): asking for those as out-iovecs now saves a round afterwards.
+            rounds.outs.extend(iov for iov in fresh if iov[1] <= SPECULATIVE_OUT and iov not in rounds.outs)
+            self._rounds[key] = rounds
+            return reply.ioctl_retry(req.unique, rounds.reads, rounds.outs)
         payload = bytes(out[: cmd.size]) if out is not None and base_out else b""
         if not memory.writes:
             return reply.ioctl(req.unique, result, payload)
+        speculated = rounds.outs[len(base_out):]
+        regions = _apply_writes(memory, speculated)
+        if regions is not None:
+            return reply.ioctl(req.unique, result, payload + b"".join(regions))
+        # The driver wrote where we had not asked to: ask now, and answer the
+        # retry from what this run produced, without running the driver again.
         out_iovs = base_out + [(addr, len(data)) for addr, data in memory.writes]
         self._finished[key] = (result, payload + b"".join(data for _, data in memory.writes))
-        return reply.ioctl_retry(req.unique, fetched, out_iovs)
+        return reply.ioctl_retry(req.unique, rounds.reads, out_iovs)
+
+
+class _Rounds(NamedTuple):
+    """An unrestricted ioctl between retries: the caller memory it reads, and the
+    out-iovecs the kernel will copy our reply into."""
+
+    reads: list[Iovec]
+    outs: list[Iovec]
+
+
+def _total(iovs: list[Iovec]) -> int:
+    return sum(length for _, length in iovs)
+
+
+def _apply_writes(memory: IovecMemory, regions: list[Iovec]) -> list[bytes] | None:
+    """The contents of `regions` (all fetched) after the driver's writes, or None when
+    a write falls outside them."""
+    contents = [bytearray(memory.read(addr, length)) for addr, length in regions]
+    for addr, data in memory.writes:
+        for (base, length), content in zip(regions, contents, strict=True):
+            if base <= addr and addr + len(data) <= base + length:
+                content[addr - base : addr - base + len(data)] = data
+                break
+        else:
+            return None
+    return [bytes(content) for content in contents]
 
 
 class CuseChannel:
