@@ -1,0 +1,580 @@
+"""Benchmark: pykld's membuf over CUSE against libfuse's C cuse.c example, in one VM boot.
+
+    .venv/bin/python bench/cuse_bench.py            # about 4-5 minutes: one VM boot, ~4 min of rounds
+    .venv/bin/python bench/cuse_bench.py --quick    # 1-2 minutes
+
+The host kernel has no CUSE, so the measuring runs inside a VM with a stock
+Debian kernel (tools/vm-run, qemu software emulation).  On the host this script
+builds the client (bench/cuse_client.c) and libfuse's example
+(/usr/share/doc/libfuse3-dev/examples/cuse.c) into a directory under /tmp, then
+runs itself inside the VM (`--inside`): both daemons are started side by side,
+pykld's /dev/membuf and the example's /dev/fioc_c, and every operation is
+measured on one then the other, the order swapped every round (A B, B A, ...).
+Absolute rates under emulation mean nothing; what is reported is the ratio
+pykld/C per operation: the median over rounds of the paired ratios (each
+pair measured back to back), with its quartiles.
+
+Output: a table on stdout, bench/out/cuse_results.json and bench/out/membuf_cuse.png.
+bench/README.md ("CUSE") says how the operations are made equivalent.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import importlib.util
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+OUT = BENCH / "out"
+EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+VM_RUN = ROOT / "tools" / "vm-run"
+
+OPS = ["read4k", "write4k", "read1m", "write1m", "openclose", "getsize", "fiocread4k", "fiocwrite4k"]
+OP_LABEL = {
+    "read4k": "read 4 KiB",
+    "write4k": "write 4 KiB",
+    "read1m": "read 1 MiB",
+    "write1m": "write 1 MiB",
+    "openclose": "open+close",
+    "getsize": "FIOC_GET_SIZE",
+    "fiocread4k": "FIOC_READ 4 KiB",
+    "fiocwrite4k": "FIOC_WRITE 4 KiB",
+}
+SHORT_LABEL = {
+    "read4k": "read\n4 KiB", "write4k": "write\n4 KiB", "read1m": "read\n1 MiB", "write1m": "write\n1 MiB",
+    "openclose": "open+\nclose", "getsize": "GET_\nSIZE", "fiocread4k": "FIOC_\nREAD", "fiocwrite4k": "FIOC_\nWRITE",
+}
+OP_BYTES = {"read4k": 4096, "write4k": 4096, "read1m": 1 << 20, "write1m": 1 << 20}
+# What CUSE sends per operation (kernel side; measured again in every run from the daemons' read(2)
+# counts, see requests_per_op in the results).
+OP_REQUESTS = {
+    "read4k": "READ",
+    "write4k": "WRITE",
+    "read1m": "8 READ of 128 KiB",  # page-aligned buffer: 256 pages, 32 a request
+    "write1m": "8 WRITE of 128 KiB",
+    "openclose": "OPEN, RELEASE",
+    "getsize": "2 IOCTL (1 retry)",
+    "fiocread4k": "3 IOCTL (2 retries)",
+    "fiocwrite4k": "pykld 4 IOCTL, C 3",
+}
+CONTENDERS = ["pykld", "C"]
+LABEL = {"pykld": "pykld membuf", "C": "C cuse.c"}
+DEVICE = {"pykld": "/dev/membuf", "C": "/dev/fioc_c"}
+REGION = 8 << 20  # bytes each daemon holds; sequential operations reopen after this many bytes
+PIP_NEEDS = {"matplotlib": "matplotlib"}
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+START_TIMEOUT = 240.0  # seconds for a daemon to publish its node (Python under emulation is slow)
+STOP_TIMEOUT = 10.0
+BOOT_ALLOWANCE = 300.0  # seconds of vm-run's timeout beyond the measuring budget: boot, start-up, stop
+
+
+def log(text: str) -> None:
+    print(f"cuse-bench: {text}", file=sys.stderr, flush=True)
+
+
+class Interrupted(Exception):
+    """SIGTERM or SIGHUP: leave through the finally blocks."""
+
+
+def _on_signal(signum: int, frame: object) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+# == inside the VM ====================================================================================
+
+
+class Daemon:
+    """One daemon serving a CUSE node; started in a session of its own, stopped whatever happens."""
+
+    def __init__(self, name: str, argv: list[str], node: str, ready_line: str | None, logfile: Path,
+                 env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.node = node
+        self.ready_line = ready_line
+        self.logfile = logfile
+        self.env = env or {}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def launch(self) -> None:
+        with open(self.logfile, "wb") as out:
+            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env={**os.environ, **self.env}, cwd=ROOT, start_new_session=True)
+        self.launched = time.monotonic()
+
+    def wait_ready(self) -> float:
+        """Seconds from launch until the node exists (and the ready line was printed)."""
+        assert self.proc is not None
+        deadline = self.launched + START_TIMEOUT
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before serving:\n{self.output()}")
+            ready = self.ready_line is None or self.ready_line in self.output()
+            if ready and os.path.exists(self.node):
+                return time.monotonic() - self.launched
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.name}: no {self.node} within {START_TIMEOUT:.0f} s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def output(self) -> str:
+        try:
+            return self.logfile.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def counters(self) -> tuple[int, int, int]:
+        """(CPU ns, read syscalls, write syscalls) of the daemon so far, all its threads, exited ones
+        included.  Each read(2)/readv(2) on /dev/cuse takes one request, so the read count says how
+        many requests a daemon served."""
+        if self.proc is None:
+            return 0, 0, 0
+        try:
+            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            io = dict(line.split(": ") for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines())
+        except (OSError, ValueError):
+            return 0, 0, 0
+        fields = stat[stat.rindex(")") + 2 :].split()
+        cpu = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK
+        return cpu, int(io.get("syscr", 0)), int(io.get("syscw", 0))
+
+    def stop(self) -> None:
+        proc = self.proc
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            log(f"{self.name}: no exit {STOP_TIMEOUT:.0f} s after SIGTERM; SIGKILL")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(STOP_TIMEOUT)
+
+
+def run_client(client: Path, node: str, op: str, seconds: float | None, region: int) -> dict[str, Any]:
+    argv = [str(client), node, op] + ([f"{seconds}", str(region)] if seconds is not None else [str(region)])
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=(seconds or 0) + 120)
+    if proc.returncode != 0:
+        raise RuntimeError(f"client {op} on {node}: exit {proc.returncode}: {proc.stderr.strip()}")
+    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return result
+
+
+def inside(args: argparse.Namespace) -> int:
+    """The measuring, run as root inside the VM: start both daemons, fill, alternate, write JSON."""
+    build: Path = args.build
+    client = build / "cuse_client"
+    out: Path = args.out
+    pykld = ROOT / ".venv" / "bin" / "pykld"
+    pykld_argv = [str(pykld)] if pykld.exists() else [sys.executable, "-m", "pykld"]
+    c_argv = [str(build / "cuse_example"), "-f", *(["-s"] if args.c_single_threaded else []), "--name=fioc_c"]
+    daemons = {
+        "pykld": Daemon("pykld", [*pykld_argv, "run", str(ROOT / "examples" / "membuf.py"), "--transport", "cuse"],
+                        DEVICE["pykld"], "pykld: serving", build / "pykld.log", {"PYTHONUNBUFFERED": "1"}),
+        "C": Daemon("C", c_argv, DEVICE["C"], None, build / "cuse_example.log"),
+    }
+    for node in DEVICE.values():
+        if os.path.exists(node):
+            raise RuntimeError(f"{node} exists already: another daemon serves it")
+    info: dict[str, Any] = {
+        "guest_kernel": platform.release(),
+        "guest_cpus": os.cpu_count(),
+        "guest_python": platform.python_version(),
+        "sched_autogroup_enabled": _read("/proc/sys/kernel/sched_autogroup_enabled"),
+        "c_threads": "single (-s)" if args.c_single_threaded else "multithreaded (libfuse default)",
+        "region_bytes": args.region,
+        "seconds_per_measurement": args.seconds,
+        "rounds_planned": args.rounds,
+        "budget_seconds": args.budget,
+    }
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {n: {op: [] for op in OPS} for n in CONTENDERS}
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGHUP, _on_signal)
+    try:
+        for daemon in daemons.values():
+            daemon.launch()
+        for name, daemon in daemons.items():
+            info[f"{name}_start_seconds"] = round(daemon.wait_ready(), 2)
+            log(f"{name} serves {daemon.node} ({info[f'{name}_start_seconds']} s after launch)")
+        for name, daemon in daemons.items():
+            st = os.stat(daemon.node)
+            info[f"{name}_node"] = f"{daemon.node} char={int((st.st_mode & 0o170000) == 0o020000)} " \
+                                   f"mode={st.st_mode & 0o7777:o}"
+            check = run_client(client, daemon.node, "fill", None, args.region)
+            if not check.get("ok"):
+                raise RuntimeError(f"{name}: fill failed: {check}")
+        log(f"both filled with {args.region >> 20} MiB and checked (read back, FIOC_GET_SIZE, FIOC_READ)")
+        started = time.monotonic()
+        rounds_done = 0
+        for r in range(args.rounds):
+            order = CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]
+            for op in OPS:
+                for name in order:
+                    daemon = daemons[name]
+                    cpu0, rd0, _ = daemon.counters()
+                    res = run_client(client, daemon.node, op, args.seconds, args.region)
+                    cpu1, rd1, _ = daemon.counters()
+                    total = res["ops"] + res["warmup_ops"]
+                    # every reopen is an OPEN and a RELEASE; take them out of the per-operation counts
+                    requests = rd1 - rd0 - 2 * res["reopens"] - 2  # and the client's own open and close
+                    samples[name][op].append({
+                        "ops_per_s": res["ops"] / res["seconds"],
+                        "daemon_cpu_us_per_op": (cpu1 - cpu0) / 1e3 / total,
+                        "requests_per_op": requests / total,
+                        "client_cpu_us_per_op": res["cpu_seconds"] * 1e6 / max(res["ops"], 1),
+                        "ops": res["ops"],
+                    })
+            rounds_done = r + 1
+            elapsed = time.monotonic() - started
+            for name, daemon in daemons.items():
+                if daemon.proc is not None and daemon.proc.poll() is not None:
+                    raise RuntimeError(f"{name} died during the run:\n{daemon.output()}")
+            ratio = samples["pykld"]["read4k"][-1]["ops_per_s"] / samples["C"]["read4k"][-1]["ops_per_s"]
+            log(f"round {rounds_done}/{args.rounds} in {elapsed:.0f} s (read 4 KiB pykld/C this round {ratio:.2f})")
+            info["rounds"] = rounds_done
+            info["measure_seconds"] = round(elapsed, 1)
+            _write_json(out, {"info": info, "samples": samples})
+            per_round = elapsed / rounds_done
+            if rounds_done >= 3 and elapsed + per_round > args.budget:
+                log(f"time budget {args.budget:.0f} s: stopping after {rounds_done} rounds")
+                break
+        info["guest_loadavg_end"] = os.getloadavg()
+        _write_json(out, {"info": info, "samples": samples})
+    except Interrupted as exc:
+        log(f"stopped by {exc}")
+        return 143
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        for daemon in daemons.values():
+            daemon.stop()
+        for name, daemon in daemons.items():
+            if os.path.exists(daemon.node):
+                log(f"{name}: {daemon.node} still there after stop")
+    return 0
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return ""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+# == on the host ======================================================================================
+
+
+def ensure_system() -> None:
+    """gcc, pkg-config and libfuse3-dev (the C example and the client)."""
+    ok = shutil.which("gcc") and shutil.which("pkg-config") and (EXAMPLES / "cuse.c").exists()
+    if ok:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            ok = subprocess.run(["pkg-config", "--exists", "fuse3"], timeout=30).returncode == 0
+    if ok:
+        return
+    apt_need = ROOT / "tools" / "apt-need"
+    subprocess.run([str(apt_need), "libfuse3-dev", "pkg-config", "gcc"], check=True, timeout=900)
+
+
+def ensure_pip() -> bool:
+    """matplotlib into this interpreter's venv; False (no chart) when that fails."""
+    missing = [pkg for module, pkg in PIP_NEEDS.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        log(f"pip install {' '.join(missing)}")
+        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], timeout=1200)
+        if proc.returncode != 0:
+            log(f"pip install failed (exit {proc.returncode}); no chart")
+        importlib.invalidate_caches()
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+def build(workdir: Path) -> None:
+    """The client and libfuse's cuse.c example, into `workdir` (shared with the VM: it is under /tmp)."""
+    flags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], check=True, capture_output=True,
+                           text=True, timeout=30).stdout.split()
+    for name in ("cuse.c", "ioctl.h"):
+        shutil.copy(EXAMPLES / name, workdir / name)
+    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(workdir / "cuse_example"), str(workdir / "cuse.c"), *flags],
+                   check=True, timeout=120)
+    subprocess.run(["gcc", "-O2", "-Wall", "-I", str(workdir), "-o", str(workdir / "cuse_client"),
+                    str(BENCH / "cuse_client.c")], check=True, timeout=120)
+
+
+def warm_bytecode(prefix: Path) -> None:
+    """Compile, on the host, what the VM's Python will import, into a private bytecode cache
+    (PYTHONPYCACHEPREFIX), so the guest need not compile it under emulation; nothing is written
+    beside the sources.  Best effort: a failure only makes the start-up in the VM slower."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(prefix)
+    pykld = ROOT / ".venv" / "bin" / "pykld"
+    argvs = [
+        [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "pykld"), str(ROOT / "examples"),
+         str(BENCH / "cuse_bench.py")],
+        # the modules a run imports (stdlib and site-packages included: with a prefix every .pyc is looked
+        # up there); the sim transport runs the same loading path and exits at once
+        [str(pykld) if pykld.exists() else sys.executable, *([] if pykld.exists() else ["-m", "pykld"]),
+         "run", str(ROOT / "examples" / "membuf.py"), "--transport", "sim"],
+        [sys.executable, str(BENCH / "cuse_bench.py"), "--help"],
+    ]
+    for argv in argvs:
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            subprocess.run(argv, env=env, capture_output=True, timeout=120, cwd=ROOT)
+    # the import graph of the measuring part itself (subprocess, json, statistics, ...)
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run([sys.executable, "-c", "import argparse, contextlib, datetime, importlib.util, json, "
+                        "platform, shutil, signal, statistics, subprocess, tempfile, time, pathlib, typing, "
+                        "pykld.transport.cuse, pykld.run, pykld.cli"], env=env, capture_output=True, timeout=120,
+                       cwd=ROOT)
+
+
+def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+    summary: dict[str, Any] = {}
+    for op in OPS:
+        row: dict[str, Any] = {}
+        for name in CONTENDERS:
+            per = samples[name][op]
+            rates = [x["ops_per_s"] for x in per]
+            row[name] = {
+                "ops_per_s": statistics.median(rates),
+                "ops_per_s_all": [round(x, 1) for x in rates],
+                "mb_per_s": statistics.median(rates) * OP_BYTES[op] / 1e6 if op in OP_BYTES else None,
+                "daemon_cpu_us_per_op": statistics.median(x["daemon_cpu_us_per_op"] for x in per),
+                "requests_per_op": statistics.median(x["requests_per_op"] for x in per),
+                "client_cpu_us_per_op": statistics.median(x["client_cpu_us_per_op"] for x in per),
+            }
+        paired = [a["ops_per_s"] / b["ops_per_s"] for a, b in zip(samples["pykld"][op], samples["C"][op], strict=True)]
+        q = statistics.quantiles(paired, n=4) if len(paired) >= 2 else [paired[0]] * 3
+        row["ratio"] = statistics.median(paired)
+        row["ratio_q1"], row["ratio_q3"] = q[0], q[2]
+        row["ratio_all"] = [round(x, 3) for x in paired]
+        row["ratio_of_medians"] = row["pykld"]["ops_per_s"] / row["C"]["ops_per_s"]
+        row["cpu_ratio_C_over_pykld"] = row["C"]["daemon_cpu_us_per_op"] / row["pykld"]["daemon_cpu_us_per_op"]
+        row["requests"] = OP_REQUESTS[op]
+        summary[op] = row
+    return summary
+
+
+def table(summary: dict[str, Any]) -> str:
+    head = (f"{'operation':<17}{'pykld ops/s':>12}{'C ops/s':>10}{'pykld/C':>9}{'(q1-q3)':>12}"
+            f"{'CPU µs/op pykld':>17}{'C':>7}{'req/op pykld':>14}{'C':>6}")
+    lines = [head, "-" * len(head)]
+    for op in OPS:
+        row = summary[op]
+        p, c = row["pykld"], row["C"]
+        lines.append(f"{OP_LABEL[op]:<17}{p['ops_per_s']:>12,.0f}{c['ops_per_s']:>10,.0f}{row['ratio']:>9.2f}"
+                     f"{row['ratio_q1']:>6.2f}-{row['ratio_q3']:<5.2f}{p['daemon_cpu_us_per_op']:>17,.0f}"
+                     f"{c['daemon_cpu_us_per_op']:>7,.0f}{p['requests_per_op']:>14.2f}{c['requests_per_op']:>6.2f}")
+    return "\n".join(lines)
+
+
+def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
+    """Left: pykld/C ops/s per operation (the figure).  Right: each daemon's CPU per CUSE request."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 5.8), gridspec_kw={"width_ratios": [3, 2]})
+    xs = list(range(len(OPS)))
+    ratios = [summary[op]["ratio"] for op in OPS]
+    low = [summary[op]["ratio"] - summary[op]["ratio_q1"] for op in OPS]
+    high = [summary[op]["ratio_q3"] - summary[op]["ratio"] for op in OPS]
+    bars = ax.bar(xs, ratios, 0.6, color="#2b7bb9", yerr=[low, high], capsize=4, ecolor="#333333",
+                  label="pykld/C ops/s: median of paired rounds (whiskers: quartiles)")
+    for i, (bar, op) in enumerate(zip(bars, OPS, strict=True)):
+        row = summary[op]
+        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02 + high[i], f"{row['ratio']:.2f}",
+                ha="center", va="bottom", fontsize=9)
+        ax.text(bar.get_x() + bar.get_width() / 2, 0.01,
+                f"{row['pykld']['ops_per_s']:,.0f}\nvs\n{row['C']['ops_per_s']:,.0f}", ha="center", va="bottom",
+                fontsize=7, color="white")
+    ax.axhline(1.0, color="#8c8c8c", linestyle="--", linewidth=1)
+    ax.text(len(OPS) - 0.5, 1.01, "C = 1", ha="right", va="bottom", fontsize=8, color="#555555")
+    ax.set_xticks(xs)
+    ax.set_xticklabels([OP_LABEL[op].replace(" ", "\n", 1) for op in OPS], fontsize=8.5)
+    ax.set_ylabel("ops/s of pykld relative to libfuse's cuse.c example")
+    ax.set_ylim(0, max(1.15, max(r + h for r, h in zip(ratios, high, strict=True)) * 1.15))
+    ax.legend(loc="upper left", fontsize=8.5)
+    ax.set_title("pykld/C per operation (in the bars: ops/s pykld vs C, meaningless under emulation)",
+                 fontsize=9.5)
+
+    width = 0.38
+    colors = {"pykld": "#2b7bb9", "C": "#8c8c8c"}
+    for j, name in enumerate(CONTENDERS):
+        per_req = [summary[op][name]["daemon_cpu_us_per_op"] / max(summary[op][name]["requests_per_op"], 1e-9)
+                   for op in OPS]
+        bx.bar([x + (j - 0.5) * width for x in xs], per_req, width, color=colors[name], label=LABEL[name])
+    bx.set_yscale("log")
+    bx.set_xticks(xs)
+    bx.set_xticklabels([SHORT_LABEL[op] for op in OPS], fontsize=8)
+    bx.set_ylabel("daemon CPU per CUSE request, µs (log; emulated)")
+    bx.legend(loc="upper left", fontsize=8.5)
+    bx.set_title("where the time goes: each daemon's CPU per request it served", fontsize=9.5)
+    fig.suptitle(f"membuf over CUSE, {info['rounds']} alternating rounds x {info['seconds_per_measurement']} s in "
+                 f"one VM boot (qemu TCG, Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU), libfuse "
+                 f"{info['libfuse']}, Python {info['guest_python']} -- {info['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def host(args: argparse.Namespace) -> int:
+    if not VM_RUN.exists():
+        sys.exit(f"cuse-bench: {VM_RUN} missing")
+    t_start = time.monotonic()
+    ensure_system()
+    have_mpl = ensure_pip()
+    args.out.mkdir(parents=True, exist_ok=True)
+    libfuse = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True,
+                             timeout=30).stdout.strip()
+    workdir = Path(tempfile.mkdtemp(prefix="pykld-cuse-bench-", dir="/tmp"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    inner_json = workdir / "inside.json"
+    proc: subprocess.Popen[bytes] | None = None
+    loadavg_start = os.getloadavg()
+    try:
+        build(workdir)
+        pycache = workdir / "pycache"
+        warm_bytecode(pycache)
+        timeout = int(args.budget + BOOT_ALLOWANCE)
+        argv = [str(VM_RUN), "--timeout", str(timeout), "--", sys.executable, str(BENCH / "cuse_bench.py"),
+                "--inside", "--build", str(workdir), "--out", str(inner_json), "--rounds", str(args.rounds),
+                "--seconds", str(args.seconds), "--region", str(args.region), "--budget", str(args.budget),
+                *(["--c-single-threaded"] if args.c_single_threaded else [])]
+        env = {**os.environ, "PYTHONPYCACHEPREFIX": str(pycache)}
+        log(f"booting the VM (timeout {timeout} s): up to {args.rounds} rounds x {len(OPS)} operations x 2 daemons "
+            f"x {args.seconds} s, at most {args.budget:.0f} s of rounds")
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
+        rc = proc.wait(timeout + 60)
+        proc = None
+        if rc != 0:
+            log(f"vm-run exited with {rc}")
+        if not inner_json.exists():
+            log("no results came back from the VM")
+            return rc or 1
+        data = json.loads(inner_json.read_text())
+        if rc != 0:
+            log("using the rounds the VM finished")
+    except subprocess.TimeoutExpired:
+        log("vm-run outlived its own timeout; stopping it")
+        return 124
+    except KeyboardInterrupt:
+        log("interrupted")
+        return 130
+    except Interrupted as exc:
+        log(f"stopped by {exc}")
+        return 143
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if proc is not None and proc.poll() is None:  # vm-run kills the VM on SIGTERM
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    info = data["info"]
+    samples = data["samples"]
+    if not info.get("rounds"):
+        log("the VM finished no round")
+        return 1
+    info.update({
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "host_kernel": platform.release(),
+        "host_cpus": os.cpu_count(),
+        "host_cpu": _cpu_model(),
+        "libfuse": libfuse,
+        "host_loadavg_start": loadavg_start,
+        "host_loadavg_end": os.getloadavg(),
+        "total_seconds": round(time.monotonic() - t_start, 1),
+    })
+    summary = summarize(samples)
+    (args.out / "cuse_results.json").write_text(json.dumps({
+        "info": info,
+        "contenders": {n: f"{LABEL[n]} ({DEVICE[n]})" for n in CONTENDERS},
+        "operations": summary,
+    }, indent=2) + "\n")
+    print(f"\nmembuf over CUSE, {info['date']}: one VM boot (qemu software emulation, Linux {info['guest_kernel']}, "
+          f"{info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; libfuse {libfuse}, "
+          f"Python {info['guest_python']}")
+    print(f"{info['rounds']} rounds x {info['seconds_per_measurement']} s per operation and daemon, alternating "
+          f"(pykld C, C pykld, ...); C example {info['c_threads']}; host load average "
+          f"{loadavg_start[0]:.2f} -> {info['host_loadavg_end'][0]:.2f}")
+    print("ops/s: median over rounds -- absolute rates under emulation mean nothing, the ratio does.")
+    print("pykld/C: median of the per-round ratios (each pair measured back to back), quartiles in brackets.")
+    print("CPU µs/op: the daemon's own CPU (all threads); req/op: CUSE requests it read per operation.\n")
+    print(table(summary))
+    wrote = [args.out / "cuse_results.json"]
+    if have_mpl:
+        try:
+            chart(summary, info, args.out / "membuf_cuse.png")
+            wrote.append(args.out / "membuf_cuse.png")
+        except Exception as exc:  # the numbers are out already
+            log(f"chart failed: {exc!r}")
+    print(f"\nwrote {' and '.join(str(p) for p in wrote)}; total {info['total_seconds']:.0f} s")
+    return 0
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return ""
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer, shorter rounds (1-2 minutes in all)")
+    parser.add_argument("--rounds", type=int, help="rounds at most (default 14, --quick 4)")
+    parser.add_argument("--seconds", type=float, help="seconds per measurement (default 0.75, --quick 0.4)")
+    parser.add_argument("--budget", type=float, help="seconds of rounds at most, in the VM (default 240, --quick 60)")
+    parser.add_argument("--region", type=int, default=REGION, help=f"bytes each daemon holds (default {REGION})")
+    parser.add_argument("--c-single-threaded", action="store_true",
+                        help="run the C example with -s (default: libfuse's multithreaded loop)")
+    parser.add_argument("--out", type=Path, default=OUT, help="host: where the JSON and the chart go; "
+                        "--inside: the JSON file")
+    parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    args.rounds = args.rounds or (4 if args.quick else 14)
+    args.seconds = args.seconds or (0.4 if args.quick else 0.75)
+    args.budget = args.budget or (60.0 if args.quick else 240.0)
+    if args.region < (1 << 20) or args.region % (1 << 20):
+        parser.error("--region must be a multiple of 1 MiB")
+    if args.inside:
+        if os.geteuid() != 0 or not os.path.exists("/dev/cuse"):
+            sys.exit("cuse-bench: --inside needs root and /dev/cuse (it runs in the VM of tools/vm-run)")
+        return inside(args)
+    return host(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

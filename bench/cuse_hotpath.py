@@ -1,0 +1,173 @@
+"""pykld's per-operation cost over CUSE in user space, without CUSE: the companion of cuse_bench.py.
+
+    .venv/bin/python bench/cuse_hotpath.py [--n 20000] [--profile fiocread4k]
+
+Runs on the host (no VM, no /dev/cuse): loads examples/membuf.py into a
+Kernel, builds the CUSE transport's request handler (CuseHandler) and a
+Session on a descriptor of /dev/null (replies go nowhere), then feeds it the
+exact request sequences the kernel sends for each operation of
+bench/cuse_bench.py -- including the unrestricted-ioctl retry rounds, which are
+checked against the protocol (the reply of each round must ask for the next).
+The figures are microseconds per operation on this machine, pykld's Python
+only: the kernel's round trips and the thread wake-ups come on top.  Divide by
+the requests to compare with the READ fast path.  --profile OP prints cProfile's
+top functions for one operation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import struct
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+from pykld.fuse import abi  # noqa: E402
+from pykld.kernel.kernel import Kernel  # noqa: E402
+from pykld.transport.cuse import CuseHandler  # noqa: E402
+from pykld.transport.session import Session  # noqa: E402
+
+IN_HEADER = struct.Struct("<IIQQIIIHH")
+OUT_HEADER = struct.Struct("<IiQ")
+IOCTL_IN = struct.Struct("<QIIQII")
+IOCTL_OUT = struct.Struct("<iIII")  # result, flags, in_iovs, out_iovs
+OPEN_IN = struct.Struct("<II")
+RELEASE_IN = struct.Struct("<QIIQ")
+RW_IN = struct.Struct("<QQIIQI4x")  # fuse_read_in / fuse_write_in: fh, offset, size, flags, lock_owner, flags
+FIOC_RW_ARG = struct.Struct("=qQQQQ")
+FIOC_GET_SIZE, FIOC_READ, FIOC_WRITE = 0x80084500, 0x4502, 0x4503  # _IOR('E',0,8), _IO('E',2), _IO('E',3)
+ADDR, BUF = 0x7000_0000, 0x7100_0000  # the caller's argument and buffer: never touched, only named
+RETRY = abi.FUSE_IOCTL_RETRY
+
+
+def message(opcode: int, body: bytes, unique: int = 7) -> bytearray:
+    return bytearray(IN_HEADER.pack(40 + len(body), opcode, unique, 1, 0, 0, os.getpid(), 0, 0) + body)
+
+
+def per_call(fn: Callable[[], object], n: int, repeat: int) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, time.perf_counter() - t)
+    return best / n * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, default=20_000, help="operations per timing run")
+    parser.add_argument("--repeat", type=int, default=7, help="timing runs; the best counts")
+    parser.add_argument("--profile", metavar="OP", help="cProfile one operation (read4k, openclose, getsize, "
+                        "fiocread4k, fiocwrite4k)")
+    args = parser.parse_args()
+
+    kernel = Kernel()
+    kernel.kldload(str(ROOT / "examples" / "membuf.py"))
+    cdev = kernel.devfs.lookup("membuf")
+    assert cdev is not None
+    handler = CuseHandler(kernel, cdev)
+    sink = os.open("/dev/null", os.O_WRONLY)
+    session = Session(sink, handler, abi.read_buffer_size(1 << 20), fast_paths=handler.fast_paths())
+    handler.attach(session)
+    session.minor = abi.OUR_MINOR
+    buf = bytearray(abi.read_buffer_size(1 << 20))
+    view = memoryview(buf)
+
+    def serve(msg: bytearray) -> None:
+        buf[: len(msg)] = msg
+        session.serve(view, len(msg))
+
+    serve(message(abi.Opcode.OPEN, OPEN_IN.pack(os.O_RDWR, 0)))
+    fh = max(handler.files)
+    handler.files[fh].cdev.device.resize(8 << 20)
+
+    unr = abi.FUSE_IOCTL_UNRESTRICTED
+    arg = FIOC_RW_ARG.pack(0, BUF, 4096, 0, 0)
+
+    def ioctl(cmd: int, in_data: bytes, out_size: int) -> bytearray:
+        return message(abi.Opcode.IOCTL, IOCTL_IN.pack(fh, unr, cmd, ADDR, len(in_data), out_size) + in_data)
+
+    # The kernel's rounds (fuse_do_ioctl): the first without data; each retry sends what the reply asked for.
+    sequences = {
+        "getsize": [ioctl(FIOC_GET_SIZE, b"", 0), ioctl(FIOC_GET_SIZE, b"", 8)],
+        # pykld asks for the 40-byte argument as an out-iovec as soon as it reads it
+        "fiocread4k": [ioctl(FIOC_READ, b"", 0), ioctl(FIOC_READ, arg, 40), ioctl(FIOC_READ, arg, 4096 + 40)],
+        "fiocwrite4k": [ioctl(FIOC_WRITE, b"", 0), ioctl(FIOC_WRITE, arg, 40),
+                        ioctl(FIOC_WRITE, arg + bytes(4096), 40)],
+    }
+    read_msg = message(abi.Opcode.READ, RW_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR))
+    open_msg = message(abi.Opcode.OPEN, OPEN_IN.pack(os.O_RDWR, 0))
+    release: dict[int, bytearray] = {}
+    positions = handler.positions
+    assert positions is not None
+
+    def read4k() -> None:
+        positions[fh] = 0  # as after a reopen: the position stays inside the buffer
+        serve(read_msg)
+
+    def openclose() -> None:
+        serve(open_msg)
+        new = max(handler.files)
+        msg = release.get(new)
+        if msg is None:
+            msg = release[new] = message(abi.Opcode.RELEASE, RELEASE_IN.pack(new, os.O_RDWR, 0, 0))
+        serve(msg)
+
+    def rounds(msgs: list[bytearray]) -> Callable[[], None]:
+        def run() -> None:
+            for msg in msgs:
+                serve(msg)
+        return run
+
+    operations: dict[str, tuple[str, int, Callable[[], None]]] = {
+        "read4k": ("read 4 KiB: READ", 1, read4k),
+        "openclose": ("open+close: OPEN, RELEASE", 2, openclose),
+        "getsize": ("FIOC_GET_SIZE: 2 IOCTL", 2, rounds(sequences["getsize"])),
+        "fiocread4k": ("FIOC_READ 4 KiB: 3 IOCTL", 3, rounds(sequences["fiocread4k"])),
+        "fiocwrite4k": ("FIOC_WRITE 4 KiB: 3 IOCTL", 3, rounds(sequences["fiocwrite4k"])),
+    }
+
+    # Check the ioctl rounds against pykld's replies: every round but the last asks for a retry.
+    sent: list[bytes] = []
+    real_send = session.send
+    session.send = lambda reply: sent.append(reply if isinstance(reply, bytes)  # type: ignore[method-assign]
+                                             else b"".join(bytes(part) for part in reply))
+    for name, msgs in sequences.items():
+        sent.clear()
+        rounds(msgs)()
+        flags = [IOCTL_OUT.unpack_from(r, OUT_HEADER.size)[1] if OUT_HEADER.unpack_from(r)[1] == 0 else -1
+                 for r in sent]
+        want = [RETRY] * (len(msgs) - 1) + [0]
+        if flags != want:
+            sys.exit(f"cuse_hotpath: {name}: reply flags {flags}, expected {want}: the sequence is out of date")
+    session.send = real_send  # type: ignore[method-assign]
+
+    if args.profile:
+        if args.profile not in operations:
+            parser.error(f"--profile: one of {', '.join(operations)}")
+        fn = operations[args.profile][2]
+        profile = cProfile.Profile()
+        profile.runcall(lambda: [fn() for _ in range(args.n)])
+        pstats.Stats(profile).sort_stats("tottime").print_stats(20)
+        return 0
+
+    print(f"pykld over CUSE, user space only, µs (best of {args.repeat} x {args.n:,}); "
+          f"Python {sys.version.split()[0]}")
+    print(f"  {'operation: requests':<30} {'per op':>8} {'per request':>12}")
+    for _, (label, nreq, fn) in operations.items():
+        us = per_call(fn, args.n, args.repeat)
+        print(f"  {label:<30} {us:8.2f} {us / nreq:12.2f}")
+    os.close(sink)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
