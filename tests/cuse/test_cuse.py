@@ -12,12 +12,11 @@ import stat
 import struct
 import subprocess
 import sys
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from transport.conftest import EXAMPLES, require, write_driver
+from transport.conftest import AS_NOBODY, EXAMPLES, private_and_public, require, write_driver
 from transport.test_fuse import READ_WITH_ALARM, sh
 
 from pykld import Kernel
@@ -151,18 +150,8 @@ def test_signal_gives_eintr(cuse: Kernel) -> None:
 
 
 def test_non_root_gets_eacces_on_0600_node(cuse: Kernel, tmp_path: Path) -> None:
-    cuse.kldload(write_driver(tmp_path, "private", textwrap.dedent("""
-        from pykld import CharacterDevice, Module, make_dev
-        class Dev(CharacterDevice):
-            def read(self, file, uio):
-                uio.move_out(b"secret\\n")
-        class Private(Module):
-            name = "private"
-            def load(self):
-                make_dev(Dev(), "pykld-private", mode=0o600)
-                make_dev(Dev(), "pykld-public", mode=0o644)
-    """)))
-    as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    cuse.kldload(write_driver(tmp_path, "private", private_and_public("pykld-")))
+    as_nobody = AS_NOBODY
     denied = sh(f"{as_nobody} cat /dev/pykld-private")
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
     assert sh(f"{as_nobody} cat /dev/pykld-public").stdout == "secret\n"

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -81,3 +82,22 @@ def write_driver(directory: Path, name: str, source: str) -> str:
     path = directory / f"{name}.py"
     path.write_text(source)
     return str(path)
+
+
+AS_NOBODY = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+
+
+def private_and_public(prefix: str = "") -> str:
+    """A driver with a 0600 device PREFIXprivate and a 0644 device PREFIXpublic, both
+    reading "secret\\n": for the permission tests of every transport."""
+    return textwrap.dedent(f"""
+        from pykld import CharacterDevice, Module, make_dev
+        class Dev(CharacterDevice):
+            def read(self, file, uio):
+                uio.move_out(b"secret\\n")
+        class Private(Module):
+            name = "private"
+            def load(self):
+                make_dev(Dev(), "{prefix}private", mode=0o600)
+                make_dev(Dev(), "{prefix}public", mode=0o644)
+    """)

@@ -20,7 +20,7 @@ import pytest
 from pykld import Kernel
 from pykld.transport.fuse import FuseTransport
 
-from .conftest import EXAMPLES, require_root, wait_for, write_driver
+from .conftest import AS_NOBODY, EXAMPLES, private_and_public, require_root, wait_for, write_driver
 
 FIOC_GET_SIZE = 0x80084500
 FIOC_SET_SIZE = 0x40084501
@@ -275,18 +275,8 @@ def test_shell_redirection_truncate_and_create_are_ignored(fuse: tuple[Kernel, F
 def test_non_root_caller_gets_eacces_on_0600_device(fuse: tuple[Kernel, FuseTransport], tmp_path: Path) -> None:
     require_root()
     kernel, transport = fuse
-    kernel.kldload(write_driver(tmp_path, "private", textwrap.dedent("""
-        from pykld import CharacterDevice, Module, make_dev
-        class Dev(CharacterDevice):
-            def read(self, file, uio):
-                uio.move_out(b"secret\\n")
-        class Private(Module):
-            name = "private"
-            def load(self):
-                make_dev(Dev(), "private", mode=0o600)
-                make_dev(Dev(), "public", mode=0o644)
-    """)))
-    as_nobody = "setpriv --reuid=65534 --regid=65534 --clear-groups"
+    kernel.kldload(write_driver(tmp_path, "private", private_and_public()))
+    as_nobody = AS_NOBODY
     denied = sh(f"{as_nobody} cat {transport.device_path('private')}")
     assert denied.returncode != 0 and "Permission denied" in denied.stderr
     assert sh(f"{as_nobody} cat {transport.device_path('public')}").stdout == "secret\n"

@@ -132,46 +132,44 @@ class FileOps:
         return {abi.Opcode.READ: self.fast_read, abi.Opcode.WRITE: self.fast_write}
 
     def fast_read(self, view: memoryview, nbytes: int) -> Reply:
-        length, _, unique, _, _, _, _, _, _, fh, offset, size, _, _, flags = _HEADER_AND_IO(view)
-        if length != nbytes:
-            raise ProtocolError(f"READ of {nbytes} bytes says {length}", unique, errno.EIO)
-        file = self.files.get(fh)
-        if file is None:
-            raise OSError(errno.EBADF, f"no open file {fh}", None)
-        positions = self.positions
-        if not file.cdev.seekable:
-            offset = 0
-        elif positions is not None:
-            offset = positions.get(fh, 0)
+        unique, fh, file, offset, size, flags = self._io_request(view, nbytes, False)
         td = self._thread(unique)
         try:
             uio = file.read(offset, size, flags, td)
         finally:
             self._inflight.pop(unique, None)
-        if positions is not None and file.cdev.seekable:
-            positions[fh] = uio.offset
+        self._moved(fh, file, uio.offset)
         return reply.data(unique, uio.chunks)
 
     def fast_write(self, view: memoryview, nbytes: int) -> Reply:
-        length, _, unique, _, _, _, _, _, _, fh, offset, size, _, _, flags = _HEADER_AND_IO(view)
-        if length != nbytes or _IO_SIZE + size > nbytes:
-            raise ProtocolError(f"WRITE of {size} bytes in a message of {nbytes}", unique, errno.EIO)
-        file = self.files.get(fh)
-        if file is None:
-            raise OSError(errno.EBADF, f"no open file {fh}", None)
-        positions = self.positions
-        if not file.cdev.seekable:
-            offset = 0
-        elif positions is not None:
-            offset = positions.get(fh, 0)
+        unique, fh, file, offset, size, flags = self._io_request(view, nbytes, True)
         td = self._thread(unique)
         try:
             count = file.write(offset, view[_IO_SIZE : _IO_SIZE + size], flags, td)
         finally:
             self._inflight.pop(unique, None)
-        if positions is not None and file.cdev.seekable:
-            positions[fh] = offset + count
+        self._moved(fh, file, offset + count)
         return reply.write(unique, count)
+
+    def _io_request(self, view: memoryview, nbytes: int,
+                    carries_data: bool) -> tuple[int, int, OpenFile, int, int, int]:
+        """Decode a READ or WRITE: its id, open file, starting offset, size and file flags."""
+        length, _, unique, _, _, _, _, _, _, fh, offset, size, _, _, flags = _HEADER_AND_IO(view)
+        if length != nbytes or (carries_data and _IO_SIZE + size > nbytes):
+            raise ProtocolError(f"{size}-byte I/O request in a message of {nbytes} bytes", unique, errno.EIO)
+        file = self.files.get(fh)
+        if file is None:
+            raise OSError(errno.EBADF, f"no open file {fh}", None)
+        if not file.cdev.seekable:
+            offset = 0
+        elif self.positions is not None:
+            offset = self.positions.get(fh, 0)
+        return unique, fh, file, offset, size, flags
+
+    def _moved(self, fh: int, file: OpenFile, offset: int) -> None:
+        """Where an I/O left the open, for transports that keep positions."""
+        if self.positions is not None and file.cdev.seekable:
+            self.positions[fh] = offset
 
     def do_ioctl(self, req: Request) -> Reply:
         """Restricted ioctl: the kernel copied the argument by its encoded size."""
