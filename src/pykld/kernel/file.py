@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import ioccom
 from pykld.kernel.sched import Thread, _curthread
+from pykld.kernel.uaccess import NeedIovecs, UserMemory
 from pykld.kernel.uio import Buffer, Uio
-from pykld.transport.uaccess import NeedIovecs, UserMemory
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev

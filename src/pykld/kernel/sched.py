@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from pykld.kernel.kernel import Kernel
     from pykld.kernel.modules import LoadedModule
-    from pykld.transport.uaccess import UserMemory
+    from pykld.kernel.uaccess import UserMemory
 
 
 class Poller(Protocol):

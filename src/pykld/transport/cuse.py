@@ -22,9 +22,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 from pykld.fuse import abi, reply
 from pykld.fuse.request import Request, negotiate_minor
 from pykld.kernel import ioccom
+from pykld.kernel.uaccess import Iovec, IovecMemory, NeedIovecs
 from pykld.transport.fileops import FileOps
 from pykld.transport.session import Reply, Session
-from pykld.transport.uaccess import Iovec, IovecMemory, NeedIovecs
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev

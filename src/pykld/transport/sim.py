@@ -12,7 +12,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from pykld.transport.uaccess import check_range
+from pykld.kernel.uaccess import check_range
 
 if TYPE_CHECKING:
     from pykld.kernel.file import OpenFile
