@@ -67,7 +67,8 @@ def _demo_sim(kernel: Kernel, path: str) -> None:
     with kernel.open(path, os.O_WRONLY) as f:
         f.write(b"hi rust\n")
     with kernel.open(path) as f:
-        print(f"(sim) wrote 'hi rust' to {path}, read back: {f.read().decode(errors='replace')}", end="")
+        print(f"pykld: (sim, in process) wrote 'hi rust' to /dev/{path}, read back: "
+              f"{f.read().decode(errors='replace')}", end="")
 
 
 def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
@@ -93,7 +94,7 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
               f"module {record.name} loaded", flush=True)
         for path in paths:
             print(f"pykld: device {path}", flush=True)
-        if paths:
+        if paths and published is not None:
             print(f"pykld: try: echo \"hi rust\" > {paths[0]}; cat {paths[0]}", flush=True)
         if demo and paths:
             (_demo_sim(kernel, record.devices[0]) if published is None else _demo_shell(paths[0]))
