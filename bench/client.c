@@ -20,22 +20,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#define BENCH_CLIENT "client"
+#include "bench_util.h" /* now, cpu_now, die, check, MIB */
+
 #define KIB 4096
-#define MIB (1 << 20)
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static int o_direct = 1;
 
@@ -55,17 +43,6 @@ static int open_file(const char *path)
 	return fd;
 }
 
-static void check(ssize_t got, size_t want, const char *what)
-{
-	if (got != (ssize_t)want) {
-		if (got < 0)
-			fprintf(stderr, "client: %s: %s\n", what, strerror(errno));
-		else
-			fprintf(stderr, "client: %s: %zd of %zu bytes\n", what, got, want);
-		exit(1);
-	}
-}
-
 /* One operation; the fd is reopened by openclose only. */
 static void one(int op, const char *path, int fd, char *buf)
 {
@@ -76,10 +53,8 @@ static void one(int op, const char *path, int fd, char *buf)
 	case 3: check(pwrite(fd, buf, MIB, 0), MIB, "pwrite 1m"); break;
 	case 4: {
 		int f = o_direct ? open(path, O_RDWR | O_DIRECT) : open(path, O_RDWR);
-		if (f < 0 || close(f) != 0) {
-			fprintf(stderr, "client: open+close: %s\n", strerror(errno));
-			exit(1);
-		}
+		if (f < 0 || close(f) != 0)
+			die("open+close");
 		break;
 	}
 	}

@@ -22,25 +22,49 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import importlib.util
 import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-OUT = BENCH / "out"
-EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+from common import (
+    BENCH,
+    LIBFUSE_EXAMPLES,
+    OUT,
+    ROOT,
+    DaemonProcess,
+    Interrupted,
+    StderrLog,
+    apt_need,
+    copy_libfuse_examples,
+    cpu_model,
+    draw_chart,
+    fuse3_build_flags,
+    fuse3_version,
+    gcc,
+    have_fuse3_toolchain,
+    ignore_stop_signals,
+    interrupt_on_stop_signals,
+    interrupted_exit_status,
+    median_and_quartiles,
+    pip_install_missing,
+    process_cpu_ns,
+    pykld_command,
+    run_client,
+    save_figure,
+    sched_autogroup_enabled,
+    use_file_backend,
+    utc_timestamp,
+)
+
 VM_RUN = ROOT / "tools" / "vm-run"
 
 OPS = ["read4k", "write4k", "read1m", "write1m", "openclose", "getsize", "fiocread4k", "fiocwrite4k"]
@@ -77,65 +101,26 @@ DEVICE = {"pykld": "/dev/membuf", "C": "/dev/fioc_c"}
 REGION = 8 << 20  # bytes each daemon holds; sequential operations reopen after this many bytes
 PIP_NEEDS = {"matplotlib": "matplotlib"}
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 240.0  # seconds for a daemon to publish its node (Python under emulation is slow)
-STOP_TIMEOUT = 10.0
+CLIENT_SLACK = 120.0  # seconds a client run may take beyond its measuring time (emulation)
 BOOT_ALLOWANCE = 300.0  # seconds of vm-run's timeout beyond the measuring budget: boot, start-up, stop
 
-
-def log(text: str) -> None:
-    print(f"cuse-bench: {text}", file=sys.stderr, flush=True)
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGHUP: leave through the finally blocks."""
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+log = StderrLog("cuse-bench")
 
 
 # == inside the VM ====================================================================================
 
 
-class Daemon:
+@dataclass(kw_only=True)
+class Daemon(DaemonProcess):
     """One daemon serving a CUSE node; started in a session of its own, stopped whatever happens."""
 
-    def __init__(self, name: str, argv: list[str], node: str, ready_line: str | None, logfile: Path,
-                 env: dict[str, str] | None = None) -> None:
-        self.name = name
-        self.argv = argv
-        self.node = node
-        self.ready_line = ready_line
-        self.logfile = logfile
-        self.env = env or {}
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def launch(self) -> None:
-        with open(self.logfile, "wb") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **self.env}, cwd=ROOT, start_new_session=True)
-        self.launched = time.monotonic()
+    node: str
 
     def wait_ready(self) -> float:
         """Seconds from launch until the node exists (and the ready line was printed)."""
-        assert self.proc is not None
-        deadline = self.launched + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before serving:\n{self.output()}")
-            ready = self.ready_line is None or self.ready_line in self.output()
-            if ready and os.path.exists(self.node):
-                return time.monotonic() - self.launched
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name}: no {self.node} within {START_TIMEOUT:.0f} s:\n{self.output()}")
-            time.sleep(0.05)
-
-    def output(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
+        return self.wait_serving(lambda: os.path.exists(self.node), START_TIMEOUT,
+                                 f"{self.name}: no {self.node}")
 
     def counters(self) -> tuple[int, int, int]:
         """(CPU ns, read syscalls, write syscalls) of the daemon so far, all its threads, exited ones
@@ -144,37 +129,11 @@ class Daemon:
         if self.proc is None:
             return 0, 0, 0
         try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
+            cpu = process_cpu_ns(self.proc.pid)
             io = dict(line.split(": ") for line in Path(f"/proc/{self.proc.pid}/io").read_text().splitlines())
         except (OSError, ValueError):
             return 0, 0, 0
-        fields = stat[stat.rindex(")") + 2 :].split()
-        cpu = (int(fields[11]) + int(fields[12])) * 1_000_000_000 // CLK_TCK
         return cpu, int(io.get("syscr", 0)), int(io.get("syscw", 0))
-
-    def stop(self) -> None:
-        proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            log(f"{self.name}: no exit {STOP_TIMEOUT:.0f} s after SIGTERM; SIGKILL")
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(STOP_TIMEOUT)
-
-
-def run_client(client: Path, node: str, op: str, seconds: float | None, region: int) -> dict[str, Any]:
-    argv = [str(client), node, op] + ([f"{seconds}", str(region)] if seconds is not None else [str(region)])
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=(seconds or 0) + 120)
-    if proc.returncode != 0:
-        raise RuntimeError(f"client {op} on {node}: exit {proc.returncode}: {proc.stderr.strip()}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
 
 
 def inside(args: argparse.Namespace) -> int:
@@ -182,13 +141,12 @@ def inside(args: argparse.Namespace) -> int:
     build: Path = args.build
     client = build / "cuse_client"
     out: Path = args.out
-    pykld = ROOT / ".venv" / "bin" / "pykld"
-    pykld_argv = [str(pykld)] if pykld.exists() else [sys.executable, "-m", "pykld"]
+    pykld_argv = pykld_command()
     c_argv = [str(build / "cuse_example"), "-f", *(["-s"] if args.c_single_threaded else []), "--name=fioc_c"]
     daemons = {
         "pykld": Daemon("pykld", [*pykld_argv, "run", str(ROOT / "examples" / "membuf.py"), "--transport", "cuse"],
-                        DEVICE["pykld"], "pykld: serving", build / "pykld.log", {"PYTHONUNBUFFERED": "1"}),
-        "C": Daemon("C", c_argv, DEVICE["C"], None, build / "cuse_example.log"),
+                        "pykld: serving", build / "pykld.log", {"PYTHONUNBUFFERED": "1"}, node=DEVICE["pykld"]),
+        "C": Daemon("C", c_argv, None, build / "cuse_example.log", node=DEVICE["C"]),
     }
     for node in DEVICE.values():
         if os.path.exists(node):
@@ -197,7 +155,7 @@ def inside(args: argparse.Namespace) -> int:
         "guest_kernel": platform.release(),
         "guest_cpus": os.cpu_count(),
         "guest_python": platform.python_version(),
-        "sched_autogroup_enabled": _read("/proc/sys/kernel/sched_autogroup_enabled"),
+        "sched_autogroup_enabled": sched_autogroup_enabled(),
         "c_threads": "single (-s)" if args.c_single_threaded else "multithreaded (libfuse default)",
         "region_bytes": args.region,
         "seconds_per_measurement": args.seconds,
@@ -205,11 +163,10 @@ def inside(args: argparse.Namespace) -> int:
         "budget_seconds": args.budget,
     }
     samples: dict[str, dict[str, list[dict[str, float]]]] = {n: {op: [] for op in OPS} for n in CONTENDERS}
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGHUP, _on_signal)
+    interrupt_on_stop_signals(sigint=False)
     try:
         for daemon in daemons.values():
-            daemon.launch()
+            daemon.spawn(own_session=True)
         for name, daemon in daemons.items():
             info[f"{name}_start_seconds"] = round(daemon.wait_ready(), 2)
             log(f"{name} serves {daemon.node} ({info[f'{name}_start_seconds']} s after launch)")
@@ -217,7 +174,7 @@ def inside(args: argparse.Namespace) -> int:
             st = os.stat(daemon.node)
             info[f"{name}_node"] = f"{daemon.node} char={int((st.st_mode & 0o170000) == 0o020000)} " \
                                    f"mode={st.st_mode & 0o7777:o}"
-            check = run_client(client, daemon.node, "fill", None, args.region)
+            check = run_client(client, daemon.node, "fill", str(args.region), timeout=CLIENT_SLACK)
             if not check.get("ok"):
                 raise RuntimeError(f"{name}: fill failed: {check}")
         log(f"both filled with {args.region >> 20} MiB and checked (read back, FIOC_GET_SIZE, FIOC_READ)")
@@ -229,7 +186,8 @@ def inside(args: argparse.Namespace) -> int:
                 for name in order:
                     daemon = daemons[name]
                     cpu0, rd0, _ = daemon.counters()
-                    res = run_client(client, daemon.node, op, args.seconds, args.region)
+                    res = run_client(client, daemon.node, op, f"{args.seconds}", str(args.region),
+                                     timeout=args.seconds + CLIENT_SLACK)
                     cpu1, rd1, _ = daemon.counters()
                     total = res["ops"] + res["warmup_ops"]
                     # every reopen is an OPEN and a RELEASE; take them out of the per-operation counts
@@ -244,7 +202,7 @@ def inside(args: argparse.Namespace) -> int:
             rounds_done = r + 1
             elapsed = time.monotonic() - started
             for name, daemon in daemons.items():
-                if daemon.proc is not None and daemon.proc.poll() is not None:
+                if daemon.died():
                     raise RuntimeError(f"{name} died during the run:\n{daemon.output()}")
             ratio = samples["pykld"]["read4k"][-1]["ops_per_s"] / samples["C"]["read4k"][-1]["ops_per_s"]
             log(f"round {rounds_done}/{args.rounds} in {elapsed:.0f} s (read 4 KiB pykld/C this round {ratio:.2f})")
@@ -258,24 +216,15 @@ def inside(args: argparse.Namespace) -> int:
         info["guest_loadavg_end"] = os.getloadavg()
         _write_json(out, {"info": info, "samples": samples})
     except Interrupted as exc:
-        log(f"stopped by {exc}")
-        return 143
+        return interrupted_exit_status(exc, log)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()
         for daemon in daemons.values():
-            daemon.stop()
+            daemon.terminate(log)
         for name, daemon in daemons.items():
             if os.path.exists(daemon.node):
                 log(f"{name}: {daemon.node} still there after stop")
     return 0
-
-
-def _read(path: str) -> str:
-    try:
-        return Path(path).read_text().strip()
-    except OSError:
-        return ""
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -289,38 +238,22 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 def ensure_system() -> None:
     """gcc, pkg-config and libfuse3-dev (the C example and the client)."""
-    ok = shutil.which("gcc") and shutil.which("pkg-config") and (EXAMPLES / "cuse.c").exists()
-    if ok:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            ok = subprocess.run(["pkg-config", "--exists", "fuse3"], timeout=30).returncode == 0
-    if ok:
+    if have_fuse3_toolchain() and (LIBFUSE_EXAMPLES / "cuse.c").exists():
         return
-    apt_need = ROOT / "tools" / "apt-need"
-    subprocess.run([str(apt_need), "libfuse3-dev", "pkg-config", "gcc"], check=True, timeout=900)
+    apt_need("libfuse3-dev", "pkg-config", "gcc")
 
 
 def ensure_pip() -> bool:
     """matplotlib into this interpreter's venv; False (no chart) when that fails."""
-    missing = [pkg for module, pkg in PIP_NEEDS.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        log(f"pip install {' '.join(missing)}")
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], timeout=1200)
-        if proc.returncode != 0:
-            log(f"pip install failed (exit {proc.returncode}); no chart")
-        importlib.invalidate_caches()
-    return importlib.util.find_spec("matplotlib") is not None
+    return "matplotlib" in pip_install_missing(PIP_NEEDS, log, "no chart")
 
 
 def build(workdir: Path) -> None:
     """The client and libfuse's cuse.c example, into `workdir` (shared with the VM: it is under /tmp)."""
-    flags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], check=True, capture_output=True,
-                           text=True, timeout=30).stdout.split()
-    for name in ("cuse.c", "ioctl.h"):
-        shutil.copy(EXAMPLES / name, workdir / name)
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(workdir / "cuse_example"), str(workdir / "cuse.c"), *flags],
-                   check=True, timeout=120)
-    subprocess.run(["gcc", "-O2", "-Wall", "-I", str(workdir), "-o", str(workdir / "cuse_client"),
-                    str(BENCH / "cuse_client.c")], check=True, timeout=120)
+    flags = fuse3_build_flags()
+    copy_libfuse_examples(workdir, ("cuse.c", "ioctl.h"), log)
+    gcc(workdir / "cuse_example", str(workdir / "cuse.c"), *flags)
+    gcc(workdir / "cuse_client", "-I", str(workdir), str(BENCH / "cuse_client.c"))
 
 
 def warm_bytecode(prefix: Path) -> None:
@@ -329,14 +262,13 @@ def warm_bytecode(prefix: Path) -> None:
     beside the sources.  Best effort: a failure only makes the start-up in the VM slower."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
     env["PYTHONPYCACHEPREFIX"] = str(prefix)
-    pykld = ROOT / ".venv" / "bin" / "pykld"
     argvs = [
         [sys.executable, "-m", "compileall", "-q", str(ROOT / "src" / "pykld"), str(ROOT / "examples"),
-         str(BENCH / "cuse_bench.py")],
+         str(BENCH / "cuse_bench.py"), str(BENCH / "common.py")],
         # the modules a run imports (stdlib and site-packages included: with a prefix every .pyc is looked
         # up there); the sim transport runs the same loading path and exits at once
-        [str(pykld) if pykld.exists() else sys.executable, *([] if pykld.exists() else ["-m", "pykld"]),
-         "run", str(ROOT / "examples" / "membuf.py"), "--transport", "sim"],
+        [*pykld_command(), "run", str(ROOT / "examples" / "membuf.py"), "--transport", "sim"],
+        # this script's own imports, common.py's included
         [sys.executable, str(BENCH / "cuse_bench.py"), "--help"],
     ]
     for argv in argvs:
@@ -366,9 +298,8 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
                 "client_cpu_us_per_op": statistics.median(x["client_cpu_us_per_op"] for x in per),
             }
         paired = [a["ops_per_s"] / b["ops_per_s"] for a, b in zip(samples["pykld"][op], samples["C"][op], strict=True)]
-        q = statistics.quantiles(paired, n=4) if len(paired) >= 2 else [paired[0]] * 3
-        row["ratio"] = statistics.median(paired)
-        row["ratio_q1"], row["ratio_q3"] = q[0], q[2]
+        q1, row["ratio"], q3 = median_and_quartiles(paired)
+        row["ratio_q1"], row["ratio_q3"] = q1, q3
         row["ratio_all"] = [round(x, 3) for x in paired]
         row["ratio_of_medians"] = row["pykld"]["ops_per_s"] / row["C"]["ops_per_s"]
         row["cpu_ratio_C_over_pykld"] = row["C"]["daemon_cpu_us_per_op"] / row["pykld"]["daemon_cpu_us_per_op"]
@@ -392,9 +323,7 @@ def table(summary: dict[str, Any]) -> str:
 
 def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
     """Left: pykld/C ops/s per operation (the figure).  Right: each daemon's CPU per CUSE request."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    use_file_backend()
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 5.8), gridspec_kw={"width_ratios": [3, 2]})
@@ -436,24 +365,19 @@ def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
     fig.suptitle(f"membuf over CUSE, {info['rounds']} alternating rounds x {info['seconds_per_measurement']} s in "
                  f"one VM boot (qemu TCG, Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU), libfuse "
                  f"{info['libfuse']}, Python {info['guest_python']} -- {info['date'][:10]}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def host(args: argparse.Namespace) -> int:
     if not VM_RUN.exists():
-        sys.exit(f"cuse-bench: {VM_RUN} missing")
+        log.exit(f"{VM_RUN} missing")
     t_start = time.monotonic()
     ensure_system()
     have_mpl = ensure_pip()
     args.out.mkdir(parents=True, exist_ok=True)
-    libfuse = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True,
-                             timeout=30).stdout.strip()
+    libfuse = fuse3_version()
     workdir = Path(tempfile.mkdtemp(prefix="pykld-cuse-bench-", dir="/tmp"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    interrupt_on_stop_signals()
     inner_json = workdir / "inside.json"
     proc: subprocess.Popen[bytes] | None = None
     loadavg_start = os.getloadavg()
@@ -483,15 +407,10 @@ def host(args: argparse.Namespace) -> int:
     except subprocess.TimeoutExpired:
         log("vm-run outlived its own timeout; stopping it")
         return 124
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Interrupted as exc:
-        log(f"stopped by {exc}")
-        return 143
+    except (KeyboardInterrupt, Interrupted) as exc:
+        return interrupted_exit_status(exc, log)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()
         if proc is not None and proc.poll() is None:  # vm-run kills the VM on SIGTERM
             proc.terminate()
             try:
@@ -506,10 +425,10 @@ def host(args: argparse.Namespace) -> int:
         log("the VM finished no round")
         return 1
     info.update({
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
         "host_kernel": platform.release(),
         "host_cpus": os.cpu_count(),
-        "host_cpu": _cpu_model(),
+        "host_cpu": cpu_model(),
         "libfuse": libfuse,
         "host_loadavg_start": loadavg_start,
         "host_loadavg_end": os.getloadavg(),
@@ -533,21 +452,9 @@ def host(args: argparse.Namespace) -> int:
     print(table(summary))
     wrote = [args.out / "cuse_results.json"]
     if have_mpl:
-        try:
-            chart(summary, info, args.out / "membuf_cuse.png")
-            wrote.append(args.out / "membuf_cuse.png")
-        except Exception as exc:  # the numbers are out already
-            log(f"chart failed: {exc!r}")
+        wrote += draw_chart(lambda path: chart(summary, info, path), args.out / "membuf_cuse.png", log)
     print(f"\nwrote {' and '.join(str(p) for p in wrote)}; total {info['total_seconds']:.0f} s")
     return 0
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return ""
 
 
 def main() -> int:
@@ -571,7 +478,7 @@ def main() -> int:
         parser.error("--region must be a multiple of 1 MiB")
     if args.inside:
         if os.geteuid() != 0 or not os.path.exists("/dev/cuse"):
-            sys.exit("cuse-bench: --inside needs root and /dev/cuse (it runs in the VM of tools/vm-run)")
+            log.exit("--inside needs root and /dev/cuse (it runs in the VM of tools/vm-run)")
         return inside(args)
     return host(args)
 

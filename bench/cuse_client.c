@@ -32,30 +32,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#define BENCH_CLIENT "cuse_client"
+#include "bench_util.h" /* now, cpu_now, die, check, MIB */
 #include "ioctl.h" /* libfuse's examples/ioctl.h: FIOC_* and struct fioc_rw_arg, as cuse.c uses them */
 
 #define KIB4 4096
-#define MIB (1 << 20)
-
-static double now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static double cpu_now(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
-	return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
-static void die(const char *what)
-{
-	fprintf(stderr, "cuse_client: %s: %s\n", what, strerror(errno));
-	exit(1);
-}
 
 static int open_dev(const char *path)
 {
@@ -63,16 +44,6 @@ static int open_dev(const char *path)
 	if (fd < 0)
 		die(path);
 	return fd;
-}
-
-static void check(ssize_t got, size_t want, const char *what)
-{
-	if (got != (ssize_t)want) {
-		if (got < 0)
-			die(what);
-		fprintf(stderr, "cuse_client: %s: %zd of %zu bytes\n", what, got, want);
-		exit(1);
-	}
 }
 
 enum { READ4K, WRITE4K, READ1M, WRITE1M, OPENCLOSE, GETSIZE, FIOCREAD4K, FIOCWRITE4K, NOPS };

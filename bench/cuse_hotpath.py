@@ -22,11 +22,10 @@ import os
 import pstats
 import struct
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, per_call
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from pykld.fuse import abi  # noqa: E402
@@ -34,31 +33,20 @@ from pykld.kernel.kernel import Kernel  # noqa: E402
 from pykld.transport.cuse import CuseHandler  # noqa: E402
 from pykld.transport.session import Session  # noqa: E402
 
-IN_HEADER = struct.Struct("<IIQQIIIHH")
 OUT_HEADER = struct.Struct("<IiQ")
 IOCTL_IN = struct.Struct("<QIIQII")
 IOCTL_OUT = struct.Struct("<iIII")  # result, flags, in_iovs, out_iovs
-OPEN_IN = struct.Struct("<II")
-RELEASE_IN = struct.Struct("<QIIQ")
-RW_IN = struct.Struct("<QQIIQI4x")  # fuse_read_in / fuse_write_in: fh, offset, size, flags, lock_owner, flags
 FIOC_RW_ARG = struct.Struct("=qQQQQ")
 FIOC_GET_SIZE, FIOC_READ, FIOC_WRITE = 0x80084500, 0x4502, 0x4503  # _IOR('E',0,8), _IO('E',2), _IO('E',3)
 ADDR, BUF = 0x7000_0000, 0x7100_0000  # the caller's argument and buffer: never touched, only named
 RETRY = abi.FUSE_IOCTL_RETRY
 
 
-def message(opcode: int, body: bytes, unique: int = 7) -> bytearray:
-    return bytearray(IN_HEADER.pack(40 + len(body), opcode, unique, 1, 0, 0, os.getpid(), 0, 0) + body)
+NODEID = 1  # CUSE has one node, the device: every request names it
 
 
-def per_call(fn: Callable[[], object], n: int, repeat: int) -> float:
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, time.perf_counter() - t)
-    return best / n * 1e6
+def message(opcode: int, body: bytes) -> bytearray:
+    return fuse_message(opcode, NODEID, body)
 
 
 def main() -> int:

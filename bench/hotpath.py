@@ -19,11 +19,10 @@ import argparse
 import os
 import struct
 import sys
-import time
 from collections.abc import Callable
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, per_call
+
 sys.path.insert(0, str(ROOT / "src"))
 
 from pykld.fuse import abi, request  # noqa: E402
@@ -32,26 +31,7 @@ from pykld.kernel.uio import Uio  # noqa: E402
 from pykld.transport.fuse import DevfsHandler  # noqa: E402
 from pykld.transport.session import Session  # noqa: E402
 
-IN_HEADER = struct.Struct("<IIQQIIIHH")
-READ_IN = struct.Struct("<QQIIQI4x")
-OPEN_IN = struct.Struct("<II")
-FLUSH_IN = struct.Struct("<Q8xQ")
-RELEASE_IN = struct.Struct("<QIIQ")
-
-
-def message(opcode: int, nodeid: int, body: bytes, unique: int = 7) -> bytearray:
-    return bytearray(IN_HEADER.pack(40 + len(body), opcode, unique, nodeid, 0, 0, os.getpid(), 0, 0) + body)
-
-
-def per_call(fn: Callable[[], object], n: int, repeat: int) -> float:
-    """Microseconds per call of fn, best of `repeat` runs of n calls (the machine's noise only adds)."""
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        for _ in range(n):
-            fn()
-        best = min(best, time.perf_counter() - t)
-    return best / n * 1e6
+FLUSH_IN = struct.Struct("<Q8xQ")  # fuse_flush_in: fh, unused, padding, lock_owner
 
 
 def main() -> int:
@@ -73,7 +53,7 @@ def main() -> int:
     session.minor = abi.OUR_MINOR
 
     # open the device as FUSE would, and fill 1 MiB
-    handler(request.parse(message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))))
+    handler(request.parse(fuse_message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))))
     fh = max(handler.files)
     handler.files[fh].cdev.device.resize(1 << 20)
 
@@ -89,7 +69,7 @@ def main() -> int:
     def row(label: str, fn: Callable[[], object], calls: int = n) -> None:
         rows.append((label, per_call(fn, calls, repeat)))
 
-    read4k = load(message(abi.Opcode.READ, cdev.ino, READ_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR)))
+    read4k = load(fuse_message(abi.Opcode.READ, cdev.ino, RW_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR)))
     file = handler.files[fh]
     device = file.cdev.device
     chunk = [b"x" * 40, b"y" * 4096]
@@ -100,18 +80,18 @@ def main() -> int:
     row("READ 4 KiB: Session.serve (fast path + writev)", lambda: session.serve(view, read4k))
     row("  for scale: os.writev of 40+4096 B to /dev/null", lambda: os.writev(sink, chunk))
 
-    write4k = load(message(abi.Opcode.WRITE, cdev.ino, READ_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR) + bytes(4096)))
+    write4k = load(fuse_message(abi.Opcode.WRITE, cdev.ino, RW_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR) + bytes(4096)))
     row("WRITE 4 KiB: Session.serve", lambda: session.serve(view, write4k))
 
-    open_msg = message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))
+    open_msg = fuse_message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))
 
     def open_close() -> None:
         length = load(open_msg)
         session.serve(view, length)
         new_fh = max(handler.files)
-        length = load(message(abi.Opcode.FLUSH, cdev.ino, FLUSH_IN.pack(new_fh, 0)))
+        length = load(fuse_message(abi.Opcode.FLUSH, cdev.ino, FLUSH_IN.pack(new_fh, 0)))
         session.serve(view, length)
-        length = load(message(abi.Opcode.RELEASE, cdev.ino, RELEASE_IN.pack(new_fh, os.O_RDWR, 0, 0)))
+        length = load(fuse_message(abi.Opcode.RELEASE, cdev.ino, RELEASE_IN.pack(new_fh, os.O_RDWR, 0, 0)))
         session.serve(view, length)
 
     row("OPEN+FLUSH+RELEASE: 3 x Session.serve (FLUSH: ENOSYS)", open_close, n // 4)

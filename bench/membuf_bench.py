@@ -26,27 +26,48 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import importlib.util
 import json
 import math
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-OUT = BENCH / "out"
-EXAMPLES = Path("/usr/share/doc/libfuse3-dev/examples")
+from common import (
+    APT_NEED,
+    BENCH,
+    OUT,
+    ROOT,
+    DaemonProcess,
+    Interrupted,
+    StderrLog,
+    apt_need,
+    copy_libfuse_examples,
+    cpu_model,
+    draw_chart,
+    fuse3_build_flags,
+    fuse3_version,
+    gcc,
+    have_fuse3_toolchain,
+    ignore_stop_signals,
+    interrupt_on_stop_signals,
+    interrupted_exit_status,
+    median_and_quartiles,
+    pip_install_missing,
+    pykld_command,
+    run_client,
+    save_figure,
+    sched_autogroup_enabled,
+    use_file_backend,
+    utc_timestamp,
+)
 
 OPS = ["pread4k", "pwrite4k", "pread1m", "pwrite1m", "openclose"]
 OP_LABEL = {
@@ -66,21 +87,10 @@ LABEL = {"pykld": "pykld (membuf)", "C": "C (libfuse fioc)", "pyfuse3": "pyfuse3
 TARGETS = {"pykld/C": 0.75, "pykld/pyfuse3": 1.5}
 PIP_NEEDS = {"pyfuse3": "pyfuse3", "trio": "trio", "matplotlib": "matplotlib"}
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 START_TIMEOUT = 30.0  # seconds for a daemon to mount and answer
-STOP_TIMEOUT = 10.0  # seconds for a daemon to exit after SIGTERM
+CLIENT_SLACK = 20.0  # seconds a client run may take beyond its measuring time
 
-
-def log(text: str) -> None:
-    print(f"bench: {text}", file=sys.stderr, flush=True)
-
-
-class Interrupted(Exception):
-    """SIGTERM or SIGHUP: leave through the finally blocks that unmount."""
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+log = StderrLog("bench")
 
 
 # -- set-up: Debian packages, pip packages, the two C programs ---------------------------------------
@@ -88,64 +98,39 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def ensure_system() -> None:
     """gcc, pkg-config and libfuse3-dev (for fioc, the client and pyfuse3's build)."""
-    if shutil.which("gcc") and shutil.which("pkg-config") and _pkg_config_ok():
+    if have_fuse3_toolchain():
         return
-    apt_need = ROOT / "tools" / "apt-need"
-    if not apt_need.exists():
-        sys.exit("bench: need gcc, pkg-config and libfuse3-dev (Debian packages)")
-    subprocess.run([str(apt_need), "libfuse3-dev", "pkg-config", "gcc", "fuse3"], check=True, timeout=900)
-
-
-def _pkg_config_ok() -> bool:
-    try:
-        return subprocess.run(["pkg-config", "--exists", "fuse3"], timeout=30).returncode == 0
-    except OSError:
-        return False
+    if not APT_NEED.exists():
+        log.exit("need gcc, pkg-config and libfuse3-dev (Debian packages)")
+    apt_need("libfuse3-dev", "pkg-config", "gcc", "fuse3")
 
 
 def ensure_pip() -> set[str]:
     """pyfuse3 (built against libfuse3-dev), trio and matplotlib, into this interpreter's venv.
     Returns the modules that import; a failed install costs its contender or the chart, not the run."""
-    missing = [pkg for module, pkg in PIP_NEEDS.items() if importlib.util.find_spec(module) is None]
-    if missing:
-        log(f"pip install {' '.join(missing)}")
-        proc = subprocess.run([sys.executable, "-m", "pip", "install", "-q", *missing], timeout=1200)
-        if proc.returncode != 0:
-            log(f"pip install failed (exit {proc.returncode}); going on without what is missing")
-        importlib.invalidate_caches()
-    return {module for module in PIP_NEEDS if importlib.util.find_spec(module) is not None}
+    return pip_install_missing(PIP_NEEDS, log, "going on without what is missing")
 
 
 def build(workdir: Path) -> tuple[Path, Path]:
     """Build the client and libfuse's fioc example into `workdir`; returns their paths."""
-    cflags = subprocess.run(["pkg-config", "fuse3", "--cflags", "--libs"], check=True, capture_output=True,
-                            text=True, timeout=30).stdout.split()
-    for name in ("ioctl.c", "ioctl.h"):
-        src = EXAMPLES / name
-        if not src.exists():
-            sys.exit(f"bench: {src} missing (Debian package libfuse3-dev)")
-        shutil.copy(src, workdir / name)
+    cflags = fuse3_build_flags()
+    copy_libfuse_examples(workdir, ("ioctl.c", "ioctl.h"), log)
     fioc = workdir / "fioc"
     client = workdir / "client"
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(fioc), str(workdir / "ioctl.c"), *cflags], check=True,
-                   timeout=120)
-    subprocess.run(["gcc", "-O2", "-Wall", "-o", str(client), str(BENCH / "client.c")], check=True, timeout=120)
+    gcc(fioc, str(workdir / "ioctl.c"), *cflags)
+    gcc(client, str(BENCH / "client.c"))
     return client, fioc
 
 
 # -- the daemons --------------------------------------------------------------------------------------
 
 
-@dataclass
-class Daemon:
-    name: str
-    argv: list[str]
+@dataclass(kw_only=True)
+class Daemon(DaemonProcess):
+    """A daemon serving the membuf device as file `filename` of its FUSE mount at `mountpoint`."""
+
     mountpoint: Path
     filename: str
-    ready_line: str | None  # a line the daemon prints when it serves (None: wait for the mount alone)
-    logfile: Path
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
     o_direct: bool = True  # the client's O_DIRECT open succeeded
 
     @property
@@ -153,62 +138,21 @@ class Daemon:
         return str(self.mountpoint / self.filename)
 
     def start(self, client: Path, own_session: bool) -> None:
-        """Start, wait until mounted, pre-fill.  In its own session (setsid) the daemon gets its own
-        scheduler autogroup, as a daemon started elsewhere would; else it shares the client's."""
+        """Start (own_session: see DaemonProcess.spawn), wait until mounted, pre-fill."""
         self.mountpoint.mkdir(parents=True, exist_ok=True)
-        group: dict[str, Any] = {"start_new_session": True} if own_session else {"process_group": 0}
-        with open(self.logfile, "wb") as out:
-            self.proc = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env={**os.environ, **self.env}, cwd=ROOT, **group)
-        deadline = time.monotonic() + START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode} before serving:\n{self.output()}")
-            if (self.ready_line is None or self.ready_line in self.output()) and is_mounted(self.mountpoint):
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not mount within {START_TIMEOUT:.0f} s:\n{self.output()}")
-            time.sleep(0.05)
+        self.spawn(own_session)
+        self.wait_serving(lambda: is_mounted(self.mountpoint), START_TIMEOUT, f"{self.name} did not mount")
         # Pre-fill 1 MiB of a pattern and read it back: the device works, the file takes O_DIRECT.
-        check = run_client(client, self.path, "fill")
+        check = run_client(client, self.path, "fill", timeout=CLIENT_SLACK)
         if not check.get("ok"):
             raise RuntimeError(f"{self.name}: fill failed: {check}")
         self.o_direct = bool(check.get("o_direct"))
         if not self.o_direct:
             log(f"{self.name}: O_DIRECT refused; its client opens plain (its file is direct_io anyway)")
 
-    def output(self) -> str:
-        try:
-            return self.logfile.read_text(errors="replace")
-        except OSError:
-            return ""
-
-    def cpu_ns(self) -> int:
-        """CPU time of the daemon so far, all its threads, exited ones included (ns, to a clock tick)."""
-        if self.proc is None:
-            return 0
-        try:
-            stat = Path(f"/proc/{self.proc.pid}/stat").read_text()
-        except OSError:
-            return 0
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        utime, stime = int(fields[11]), int(fields[12])
-        return (utime + stime) * 1_000_000_000 // CLK_TCK
-
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; and the mount goes whatever the daemon did."""
-        proc = self.proc
-        if proc is not None and proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                log(f"{self.name}: no exit {STOP_TIMEOUT:.0f} s after SIGTERM; SIGKILL")
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(STOP_TIMEOUT)
+        self.terminate(log)
         unmount(self.mountpoint)
 
 
@@ -237,16 +181,6 @@ def unmount(path: Path) -> None:
         log(f"could not unmount {path}")
 
 
-def run_client(client: Path, path: str, op: str, seconds: float | None = None) -> dict[str, Any]:
-    argv = [str(client), path, op] + ([f"{seconds}"] if seconds is not None else [])
-    timeout = (seconds or 0) + 20
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
-    if proc.returncode != 0:
-        raise RuntimeError(f"client {op} on {path}: exit {proc.returncode}: {proc.stderr.strip()}")
-    result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
-    return result
-
-
 # -- measuring ----------------------------------------------------------------------------------------
 
 
@@ -261,7 +195,7 @@ def measure(daemons: dict[tuple[str, str], Daemon], client: Path, rounds: int,
             for key in turn:
                 daemon = daemons[key]
                 before = daemon.cpu_ns()
-                res = run_client(client, daemon.path, op, seconds)
+                res = run_client(client, daemon.path, op, f"{seconds}", timeout=seconds + CLIENT_SLACK)
                 cpu = daemon.cpu_ns() - before
                 ops_total = res["ops"] + res["warmup_ops"]
                 samples[key][op].append({
@@ -283,12 +217,11 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
         for name, per_op in samples.items():
             rates = [x["ops_per_s"] for x in per_op[op]]
             cpu = [x["daemon_cpu_us_per_op"] for x in per_op[op] if not math.isnan(x["daemon_cpu_us_per_op"])]
-            med = statistics.median(rates)
-            q = statistics.quantiles(rates, n=4) if len(rates) >= 2 else [med, med, med]
+            q1, med, q3 = median_and_quartiles(rates)
             row[name] = {
                 "ops_per_s": med,
-                "ops_per_s_q1": q[0],
-                "ops_per_s_q3": q[2],
+                "ops_per_s_q1": q1,
+                "ops_per_s_q3": q3,
                 "ops_per_s_all": [round(x, 1) for x in rates],
                 "mb_per_s": med * OP_BYTES[op] / 1e6 if OP_BYTES[op] >= 1 << 20 else None,
                 "daemon_cpu_us_per_op": statistics.median(cpu) if cpu else None,
@@ -308,32 +241,22 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
 
 
 def machine_info() -> dict[str, Any]:
-    cpu = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     libfuse = ""
     with contextlib.suppress(OSError, subprocess.SubprocessError):
-        libfuse = subprocess.run(["pkg-config", "--modversion", "fuse3"], capture_output=True, text=True,
-                                 timeout=30).stdout.strip()
+        libfuse = fuse3_version()
     pyfuse3_version = ""
     with contextlib.suppress(Exception):
         from importlib.metadata import version
         pyfuse3_version = version("pyfuse3")
-    autogroup = ""
-    with contextlib.suppress(OSError):
-        autogroup = Path("/proc/sys/kernel/sched_autogroup_enabled").read_text().strip()
     return {
-        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "date": utc_timestamp(),
         "kernel": platform.release(),
-        "cpu": cpu,
+        "cpu": cpu_model(),
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "libfuse": libfuse,
         "pyfuse3": pyfuse3_version,
-        "sched_autogroup_enabled": autogroup,
+        "sched_autogroup_enabled": sched_autogroup_enabled(),
         "loadavg_start": os.getloadavg(),
     }
 
@@ -365,9 +288,7 @@ def table(summary: dict[str, Any], names: list[str]) -> str:
 
 def chart(results: dict[str, Any], names: list[str], info: dict[str, Any], path: Path) -> None:
     """Grouped bars per placement: ops/s normalised to C's (C = 1); absolute rates in the bars."""
-    import matplotlib
-
-    matplotlib.use("Agg")
+    use_file_backend()
     import matplotlib.pyplot as plt
 
     base = "C" if "C" in names else names[0]
@@ -406,9 +327,7 @@ def chart(results: dict[str, Any], names: list[str], info: dict[str, Any], path:
     fig.suptitle(f"membuf over FUSE, median ops/s over {info['rounds']} rounds — {info['date'][:10]}, "
                  f"{info['cpus']} x {info['cpu']}, Linux {info['kernel']}, Python {info['python']}, "
                  f"libfuse {info['libfuse']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 # -- main ---------------------------------------------------------------------------------------------
@@ -438,9 +357,9 @@ def main() -> int:
         parser.error(f"placements are {', '.join(PLACEMENTS)}")
 
     if os.geteuid() != 0 and not shutil.which("fusermount3"):
-        sys.exit("bench: needs root or fusermount3 (Debian package fuse3)")
+        log.exit("needs root or fusermount3 (Debian package fuse3)")
     if not os.path.exists("/dev/fuse"):
-        sys.exit("bench: /dev/fuse is missing")
+        log.exit("/dev/fuse is missing")
     ensure_system()
     usable = ensure_pip()
     if "pyfuse3" in names and not {"pyfuse3", "trio"} <= usable:
@@ -449,31 +368,29 @@ def main() -> int:
         if not names:
             return 1
 
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # even when started with SIGINT ignored
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _on_signal)
+    interrupt_on_stop_signals()
     args.out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="pykld-bench-"))
     daemons: dict[tuple[str, str], Daemon] = {}
     try:
         (workdir / "build").mkdir()
         client, fioc = build(workdir / "build")
-        pykld = ROOT / ".venv" / "bin" / "pykld"
-        pykld_argv = [str(pykld)] if pykld.exists() else [sys.executable, "-m", "pykld"]
+        pykld_argv = pykld_command()
         py_env = {"PYTHONUNBUFFERED": "1"}
         for place in places:
             mnt = workdir / "mnt" / place
             every = {
                 "pykld": Daemon("pykld", [*pykld_argv, "run", str(ROOT / "examples" / "membuf.py"), "--transport",
                                           "fuse", "--dev-dir", str(mnt / "pykld"), "--no-bind"],
-                                mnt / "pykld", "membuf", "pykld: serving", workdir / f"pykld-{place}.log", py_env),
+                                "pykld: serving", workdir / f"pykld-{place}.log", py_env,
+                                mountpoint=mnt / "pykld", filename="membuf"),
                 "C": Daemon("C", [str(fioc), "-f", *(["-s"] if args.fioc_single_threaded else []),
                                   str(mnt / "fioc")],
-                            mnt / "fioc", "fioc", None, workdir / f"fioc-{place}.log"),
+                            None, workdir / f"fioc-{place}.log", mountpoint=mnt / "fioc", filename="fioc"),
                 "pyfuse3": Daemon("pyfuse3", [sys.executable, str(BENCH / "pyfuse3_membuf.py"),
                                               str(mnt / "pyfuse3")],
-                                  mnt / "pyfuse3", "membuf", "pyfuse3: serving", workdir / f"pyfuse3-{place}.log",
-                                  py_env),
+                                  "pyfuse3: serving", workdir / f"pyfuse3-{place}.log", py_env,
+                                  mountpoint=mnt / "pyfuse3", filename="membuf"),
             }
             for name in names:
                 daemons[name, place] = every[name]
@@ -490,22 +407,17 @@ def main() -> int:
         info["measure_seconds"] = round(time.monotonic() - started, 1)
         info["loadavg_end"] = os.getloadavg()
         for (name, place), daemon in daemons.items():
-            if daemon.proc is not None and daemon.proc.poll() is not None:
+            if daemon.died():
                 raise RuntimeError(f"{name} ({place}) died during the run:\n{daemon.output()}")
-    except KeyboardInterrupt:
-        log("interrupted")
-        return 130
-    except Interrupted as exc:
-        log(f"stopped by {exc}")
-        return 143
+    except (KeyboardInterrupt, Interrupted) as exc:
+        return interrupted_exit_status(exc, log)
     finally:
-        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C must not skip unmounting
-            signal.signal(sig, signal.SIG_IGN)
+        ignore_stop_signals()  # a second Ctrl-C must not skip unmounting
         for daemon in daemons.values():
             daemon.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    results = {
+    results: dict[str, dict[str, Any]] = {
         place: {
             "description": PLACEMENTS[place],
             "operations": summarize({name: samples[name, place] for name in names}),
@@ -532,11 +444,7 @@ def main() -> int:
     print(f"\ntargets: {targets}; '!' marks a miss")
     wrote = [args.out / "results.json"]
     if "matplotlib" in usable:
-        try:
-            chart(results, names, info, args.out / "membuf_fuse.png")
-            wrote.append(args.out / "membuf_fuse.png")
-        except Exception as exc:  # the numbers are out already; a chart failure must not hide them
-            log(f"chart failed: {exc!r}")
+        wrote += draw_chart(lambda path: chart(results, names, info, path), args.out / "membuf_fuse.png", log)
     else:
         log("matplotlib unavailable: no chart")
     print("wrote " + " and ".join(str(path) for path in wrote))
