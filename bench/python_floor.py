@@ -24,8 +24,17 @@ import threading
 from pathlib import Path
 
 from common import (
-    BENCH, ROOT, DaemonProcess, StderrLog, apt_need, copy_libfuse_examples, fuse3_build_flags, gcc,
-    median_and_quartiles, pykld_command, run_client,
+    BENCH,
+    ROOT,
+    DaemonProcess,
+    StderrLog,
+    apt_need,
+    copy_libfuse_examples,
+    fuse3_build_flags,
+    gcc,
+    median_and_quartiles,
+    pykld_command,
+    run_client,
 )
 
 log = StderrLog("floor")
