@@ -346,3 +346,33 @@ def test_sigkill_leaves_dev_entry_that_next_start_clears(dev_dir: str) -> None:
         host.terminate()
         host.wait(15)
     assert not os.path.exists("/dev/rustmodule")
+
+
+def test_driver_that_blocks_without_sleep_does_not_stall_others(fuse: tuple[Kernel, FuseTransport],
+                                                                tmp_path: Path) -> None:
+    """A driver that busy-waits or calls time.sleep never tells pykld it blocks; the session's
+    monitor hands the reading on anyway, so other callers are served meanwhile."""
+    kernel, transport = fuse
+    kernel.kldload(write_driver(tmp_path, "sluggish", textwrap.dedent("""
+        import time
+        from pykld import CharacterDevice, Module, make_dev
+        class Sluggish(CharacterDevice):
+            serialized = False
+            def read(self, file, uio):
+                time.sleep(3)
+                uio.move_out(b"finally\\n")
+        class SluggishModule(Module):
+            name = "sluggish"
+            def load(self):
+                make_dev(Sluggish(), "sluggish", mode=0o644)
+    """)))
+    kernel.kldload(str(EXAMPLES / "hello.py"))
+    slow_result: list[bytes] = []
+    slow = threading.Thread(target=lambda: slow_result.append(
+        open(transport.device_path("sluggish"), "rb", buffering=0).read(100)), daemon=True)
+    slow.start()
+    assert wait_for(lambda: bool(kernel.devfs.lookup("sluggish").active))  # type: ignore[union-attr]
+    assert sh(f"cat {transport.device_path('rustmodule')}").stdout == "Default hello message\n"
+    assert slow.is_alive()  # served while the sluggish read was still inside its driver
+    slow.join(10)
+    assert slow_result == [b"finally\n"]
