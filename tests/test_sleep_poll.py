@@ -11,6 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from pykld import POLLIN, POLLOUT, Kernel
+from pykld.kernel.devfs import Cdev
 from pykld.kernel.sched import Thread
 
 Load = Callable[..., int]
@@ -192,11 +193,9 @@ def test_forced_destroy_wakes_sleeper_with_enxio(sleeper: Kernel, threads, wait_
     f.close()
 
 
-def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, threads) -> None:
-    # The device is destroyed after an operation passed the "destroyed?" check but before
-    # it was registered as active: destroy() cannot interrupt it, so it must not sleep.
-    f = sleeper.open(DEV)
-    cdev = sleeper.lookup(DEV)
+def destroy_when_joining(cdev: Cdev) -> None:
+    """Make the device be destroyed just as the next operation registers itself as active:
+    after its "destroyed?" check, before destroy() could see it to interrupt it."""
 
     class RacingSet(set):  # type: ignore[type-arg]
         def add(self, td: object) -> None:
@@ -204,6 +203,13 @@ def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, thr
             super().add(td)
 
     cdev.active = RacingSet()
+
+
+def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, threads) -> None:
+    # The device is destroyed after an operation passed the "destroyed?" check but before
+    # it was registered as active: destroy() cannot interrupt it, so it must not sleep.
+    f = sleeper.open(DEV)
+    destroy_when_joining(sleeper.lookup(DEV))
     got = threads.start(f.read)
     threads.join(got)
     assert isinstance(got.error, OSError) and got.error.errno == errno.ENXIO
@@ -213,13 +219,7 @@ def test_destroy_racing_an_operation_start_cannot_strand_it(sleeper: Kernel, thr
 def test_close_racing_a_destroy_still_succeeds(sleeper: Kernel) -> None:
     f = sleeper.open(DEV)
     cdev = sleeper.lookup(DEV)
-
-    class RacingSet(set):  # type: ignore[type-arg]
-        def add(self, td: object) -> None:
-            cdev.destroy()
-            super().add(td)
-
-    cdev.active = RacingSet()
+    destroy_when_joining(cdev)
     f.close()
     assert f.closed
     assert cdev.open_count == 0
