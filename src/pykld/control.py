@@ -61,11 +61,6 @@ class Decoder:
     def feed(self, data: bytes) -> None:
         self._buffer += data
 
-    @property
-    def pending(self) -> bool:
-        """Part of a message has arrived: at EOF, the message was truncated."""
-        return bool(self._buffer)
-
     def next_message(self) -> dict[str, Any] | None:
         """The next complete message, or None until more bytes arrive."""
         if len(self._buffer) < HEADER.size:

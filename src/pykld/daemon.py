@@ -31,7 +31,7 @@ from typing import Any, TextIO
 
 from pykld import control, rundir
 from pykld import run as runner
-from pykld.handlers import Handlers, SimPublisher
+from pykld.handlers import Handlers
 from pykld.kernel.kernel import Kernel
 
 EXIT_ALREADY_RUNNING = 3  # tells a starting client that another daemon won the race
@@ -111,13 +111,8 @@ def peer_uid(conn: socket.socket) -> int:
 
 def choose_transport(kernel: Kernel, wanted: str | None, dev_dir: str, bind: bool) -> tuple[runner.Transport, str]:
     """As `pykld run` chooses: the one asked for, else the best available."""
-    available = runner.available()
-    choice = wanted or available[0]
-    if choice not in available:
-        raise OSError(errno.ENODEV, f"transport {choice} is not available here", None)
-    made = runner.make_transport(kernel, choice, dev_dir, bind)
-    how = "asked for" if wanted else "picked: best available"
-    return (made if made is not None else SimPublisher()), how
+    made = runner.make_transport(kernel, runner.pick(wanted), dev_dir, bind)
+    return made, "asked for" if wanted else "picked: best available"
 
 
 class Daemon:

@@ -22,24 +22,6 @@ DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.M
 MAX_LINE = 16 * 1024  # a longer printf is cut, so one line always fits a reply
 
 
-class SimPublisher:
-    """The sim transport in the daemon: devices exist only inside the daemon's kernel."""
-
-    name = "sim"
-
-    def start(self) -> None:
-        pass
-
-    def settle(self) -> None:
-        pass
-
-    def stop(self) -> None:
-        pass
-
-    def device_path(self, cdev_name: str) -> str:
-        return f"/dev/{cdev_name}"
-
-
 class Handlers:
     def __init__(self, kernel: Kernel, publisher: Transport, stopping: threading.Event) -> None:
         self.kernel = kernel

@@ -17,6 +17,7 @@ from typing import Protocol
 from pykld.kernel.kernel import Kernel
 from pykld.transport.cuse import CuseTransport, cuse_available
 from pykld.transport.fuse import DEFAULT_DEV_DIR, FuseTransport
+from pykld.transport.sim import SimTransport
 
 TRANSPORTS = ("cuse", "fuse", "sim")
 
@@ -48,12 +49,20 @@ def available() -> list[str]:
     return found
 
 
-def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Transport | None:
+def pick(wanted: str | None) -> str:
+    """The transport asked for, else the best available; ENODEV when it is not here."""
+    choice = wanted or available()[0]
+    if choice not in available():
+        raise OSError(errno.ENODEV, f"transport {choice} is not available here", None)
+    return choice
+
+
+def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Transport:
     if name == "fuse":
         return FuseTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind)
     if name == "cuse":
         return CuseTransport(kernel)
-    return None
+    return SimTransport()
 
 
 def _demo_shell(path: str) -> None:
@@ -73,32 +82,29 @@ def _demo_sim(kernel: Kernel, path: str) -> None:
 
 def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
         demo: bool = False) -> int:
-    choice = transport or available()[0]
-    if choice not in available():
-        raise OSError(errno.ENODEV, f"transport {choice} is not available here", None)
+    choice = pick(transport)
     stop = threading.Event()
     # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
     # during the clean-up must not kill the process halfway through unmounting.
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     kernel = Kernel()
     published = make_transport(kernel, choice, dev_dir, bind)
+    in_process = published.name == "sim"
     try:
-        if published is not None:
-            published.start()
+        published.start()
         kernel.kldload(module)
         record = kernel.kldstat()[-1]
-        if published is not None:
-            published.settle()
-        paths = [published.device_path(n) if published else f"/dev/{n}" for n in record.devices]
+        published.settle()
+        paths = [published.device_path(n) for n in record.devices]
         print(f"pykld: transport {choice}{'' if transport else ' (picked: best available)'}; "
               f"module {record.name} loaded", flush=True)
         for path in paths:
             print(f"pykld: device {path}", flush=True)
-        if paths and published is not None:
+        if paths and not in_process:
             print(f"pykld: try: echo \"hi rust\" > {paths[0]}; cat {paths[0]}", flush=True)
         if demo and paths:
-            (_demo_sim(kernel, record.devices[0]) if published is None else _demo_shell(paths[0]))
-        if published is None:
+            (_demo_sim(kernel, record.devices[0]) if in_process else _demo_shell(paths[0]))
+        if in_process:
             print("pykld: the sim transport serves this process only; nothing to wait for", flush=True)
             return 0
         print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
@@ -107,7 +113,6 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
         return 0
     finally:
         kernel.shutdown()
-        if published is not None:
-            published.stop()
+        published.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -16,7 +16,7 @@ import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import ioccom
-from pykld.kernel.sched import Thread, _curthread
+from pykld.kernel.sched import Thread, enter, leave
 from pykld.kernel.uaccess import NeedIovecs, UserMemory
 from pykld.kernel.uio import Buffer, Uio
 
@@ -27,8 +27,7 @@ if TYPE_CHECKING:
 
 _count_lock = threading.Lock()
 _O_NONBLOCK = os.O_NONBLOCK
-_enter = _curthread.set
-_leave = _curthread.reset
+
 
 
 class OpenFile:
@@ -61,7 +60,7 @@ class OpenFile:
         td.module = cdev.module
         td.file = self
         td.nonblock = ((self.flags if flags is None else flags) & _O_NONBLOCK) != 0
-        token = _enter(td)
+        token = enter(td)
         active = cdev.active
         active.add(td)
         lock = cdev.lock
@@ -96,7 +95,7 @@ class OpenFile:
             raise OSError(errno.EIO, f"{cdev.path}: driver fault in {op}: {exc!r}", None) from exc
         finally:
             active.discard(td)
-            _leave(token)
+            leave(token)
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
         uio = Uio.for_read(offset, size)

@@ -15,6 +15,7 @@ import itertools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.kernel import file as files
@@ -23,7 +24,7 @@ from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
 from pykld.kernel.malloc import MallocStat, MallocType
 from pykld.kernel.modules import LoadedModule, ModuleEvent
-from pykld.kernel.sched import Thread, _curthread
+from pykld.kernel.sched import Thread, enter, leave
 
 if TYPE_CHECKING:
     from pykld.transport.sim import SimFile
@@ -79,37 +80,28 @@ class Kernel:
             modules.forget(pymodule)
             raise
         try:
-            record.instance = self._construct(record, cls)
+            record.instance = self._as_module(record, "module construction", cls)
             self._event(record, ModuleEvent.LOAD)
         except BaseException:
             self._discard(record)
             raise
         return record.id
 
-    def _construct(self, record: LoadedModule, cls: type) -> Any:
-        token = _curthread.set(Thread(self, record))
+    def _as_module(self, record: LoadedModule, what: str, code: Callable[[], Any]) -> Any:
+        """Run module code with the module as curthread; a crash becomes OSError(EIO)."""
+        token = enter(Thread(self, record))
         try:
-            return cls()
+            return code()
         except OSError:
             raise
         except (Exception, SystemExit) as exc:
-            self.log_fault(record, "module construction", exc)
-            raise OSError(errno.EIO, f"module {record.name}: {exc!r}", None) from exc
+            self.log_fault(record, what, exc)
+            raise OSError(errno.EIO, f"module {record.name}: {what} failed: {exc!r}", None) from exc
         finally:
-            _curthread.reset(token)
+            leave(token)
 
     def _event(self, record: LoadedModule, event: ModuleEvent) -> None:
-        """Run one module event as the module; driver crashes become OSError(EIO)."""
-        token = _curthread.set(Thread(self, record))
-        try:
-            record.instance.modevent(event)
-        except OSError:
-            raise
-        except (Exception, SystemExit) as exc:
-            self.log_fault(record, f"{event.name} event", exc)
-            raise OSError(errno.EIO, f"module {record.name}: {event.name} failed: {exc!r}", None) from exc
-        finally:
-            _curthread.reset(token)
+        self._as_module(record, f"{event.name} event", lambda: record.instance.modevent(event))
 
     def _discard(self, record: LoadedModule) -> None:
         """Take away everything a module had: devices, registry entry, its code."""

@@ -62,13 +62,9 @@ def curthread() -> Thread | None:
     return _curthread.get()
 
 
-def enter(td: Thread) -> object:
-    """Make `td` curthread; returns the token for leave()."""
-    return _curthread.set(td)
-
-
-def leave(token: object) -> None:
-    _curthread.reset(token)  # type: ignore[arg-type]
+#: enter(td) makes `td` curthread and returns a token; leave(token) restores the one before.
+enter = _curthread.set
+leave = _curthread.reset
 
 
 class _SleepQueue:

@@ -81,6 +81,10 @@ class DevfsHandler(FileOps):
                 self._dir_path[ino] = path
             return ino
 
+    def known_directory(self, path: str) -> int | None:
+        """The node of a directory the kernel has looked up, if it has."""
+        return self._dir_ino.get(path)
+
     def _dir_attr(self, ino: int) -> reply.Attr:
         return reply.Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2, atime=self.started,
                           mtime=self.started, ctime=self.started)
@@ -270,7 +274,7 @@ class FuseTransport:
         if target in self._bound:
             mount.unbind_file(target, self._bound.pop(target))
         parent_path, _, name = cdev.name.rpartition("/")
-        parent = self.handler._dir_ino.get(parent_path)
+        parent = self.handler.known_directory(parent_path)
         if parent is not None and self.session is not None:
             self.session.send(notify.inval_entry(parent, name.encode()))
 

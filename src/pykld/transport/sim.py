@@ -161,6 +161,25 @@ class SimFile:
             raise OSError(errno.EINVAL, f"invalid offset {offset}", None)
 
 
+class SimTransport:
+    """The sim transport as the runners see one: nothing to mount or publish; the
+    devices exist only inside this process's kernel (`Kernel.open`)."""
+
+    name = "sim"
+
+    def start(self) -> None:
+        pass
+
+    def settle(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def device_path(self, cdev_name: str) -> str:
+        return f"/dev/{cdev_name}"
+
+
 class SimMemory:
     """A pretend caller address space, so sim tests can pass pointers to drivers."""
 
