@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from transport.conftest import require, require_fuse, require_root
+from transport.conftest import fuse_for_other_users, require, require_fuse, require_root  # noqa: F401 - a fixture
 
 from pykld.transport import mount
 
@@ -444,9 +444,8 @@ def test_non_root_user_is_refused_everything(pykld: Pykld) -> None:
     assert [m["name"] for m in pykld.stat_json()["modules"]] == ["hello"]
 
 
+@pytest.mark.usefixtures("fuse_for_other_users")
 def test_non_root_user_runs_a_daemon_of_their_own(pykld: Pykld) -> None:
-    require_root()
-    require_fuse()
     require("FUSERMOUNT3", shutil.which("fusermount3") is not None, "fusermount3 is not installed")
     os.chown(pykld.run_dir, NOBODY, NOBODY)
     os.chmod(pykld.run_dir, 0o700)
@@ -456,7 +455,8 @@ def test_non_root_user_runs_a_daemon_of_their_own(pykld: Pykld) -> None:
                               env=pykld.env, cwd="/", stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         assert daemon.stdout is not None
-        assert "pykld daemon: pid" in daemon.stdout.readline()
+        first = daemon.stdout.readline()
+        assert "pykld daemon: pid" in first, first + daemon.stdout.read()
         _nobody_session(pykld)
     finally:
         daemon.kill()

@@ -7,6 +7,7 @@ import sys
 
 from pykld import commands
 from pykld import run as runner
+from pykld.transport.registry import TRANSPORTS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="load a module and serve its devices in the foreground")
     run.add_argument("module", help="a driver file (examples/hello.py) or a module name")
-    run.add_argument("--transport", choices=runner.TRANSPORTS, help="default: the best available")
+    run.add_argument("--transport", choices=TRANSPORTS, help="default: the best available")
     run.add_argument("--dev-dir", help="where the FUSE devfs is mounted (default /run/pykld/dev)")
     run.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
     run.add_argument("--demo", action="store_true",
@@ -26,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_publishing(parser: argparse.ArgumentParser) -> None:
     """How a daemon publishes devices; used when the command starts it."""
-    parser.add_argument("--transport", choices=runner.TRANSPORTS, help="default: the best available")
+    parser.add_argument("--transport", choices=TRANSPORTS, help="default: the best available")
     parser.add_argument("--dev-dir", help="where the FUSE devfs is mounted (default: the runtime directory's dev/)")
     parser.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
 

@@ -30,9 +30,9 @@ import traceback
 from typing import Any, TextIO
 
 from pykld import control, rundir
-from pykld import run as runner
 from pykld.handlers import Handlers
 from pykld.kernel.kernel import Kernel
+from pykld.transport import registry
 
 EXIT_ALREADY_RUNNING = 3  # tells a starting client that another daemon won the race
 MAX_CONNECTIONS = 16  # connection threads; one more client is told EAGAIN
@@ -109,10 +109,11 @@ def peer_uid(conn: socket.socket) -> int:
     return int(uid)
 
 
-def choose_transport(kernel: Kernel, wanted: str | None, dev_dir: str, bind: bool) -> tuple[runner.Transport, str]:
+def choose_transport(kernel: Kernel, wanted: str | None, dev_dir: str,
+                     bind: bool) -> tuple[registry.Transport, str]:
     """As `pykld run` chooses: the one asked for, else the best available."""
-    made = runner.make_transport(kernel, runner.pick(wanted), dev_dir, bind)
-    return made, "asked for" if wanted else "picked: best available"
+    choice = registry.pick(wanted)
+    return registry.make_transport(kernel, choice.name, dev_dir, bind), choice.how
 
 
 class Daemon:
@@ -135,6 +136,7 @@ class Daemon:
         self.socket_path = rundir.socket_path(self.run_dir)
         self.lock: PidLock | None = None
         self.handlers: Handlers | None = None
+        self.teardown_failure: str | None = None  # what the shutdown could not undo
 
     def say(self, text: str) -> None:
         print(f"pykld daemon: {text}", file=self.out, flush=True)
@@ -160,9 +162,9 @@ class Daemon:
                 self.say("the sim transport publishes no device files: devices are reachable only in this process")
             self.kernel.printf("kernel", f"pykld daemon {os.getpid()} serving over {publisher.name}")
             self._accept_loop()
-            return 0
         finally:
             self._teardown()
+        return 0 if self.teardown_failure is None else 1
 
     def _catch_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -201,7 +203,11 @@ class Daemon:
                         self.handlers.registry.release()
                 try:
                     self.handlers.publisher.stop()
+                except OSError as exc:  # what could not be undone, in its own words
+                    self.teardown_failure = exc.strerror or str(exc)
+                    self.say(f"stopping the transport failed: {self.teardown_failure}")
                 except Exception:
+                    self.teardown_failure = "internal error (see the daemon's log)"
                     self.say("stopping the transport failed:\n" + traceback.format_exc())
             if self.lock is not None:
                 self.lock.release()
@@ -309,7 +315,10 @@ class Daemon:
         if req.op == "shutdown":
             self.request_stop()
             self.stopped.wait(SHUTDOWN_TIMEOUT)  # the reply means: all unloaded and unmounted
-            _send_quietly(conn, control.ok())
+            if self.teardown_failure is not None:
+                _send_quietly(conn, control.error(errno.EIO, f"stopped, but {self.teardown_failure}"))
+            else:
+                _send_quietly(conn, control.ok())
             return False
         return _send_quietly(conn, self._answer(req))
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
-from pykld.run import Transport
+from pykld.transport.registry import Transport
 
 DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.MAX_MESSAGE
 MAX_LINE = 16 * 1024  # a longer printf is cut, so one line always fits a reply

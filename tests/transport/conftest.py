@@ -44,6 +44,20 @@ def require_root() -> None:
 
 
 @pytest.fixture
+def fuse_for_other_users() -> Iterator[None]:
+    """/dev/fuse readable and writable by everyone, as Debian's udev rule makes it (0666),
+    for tests of a non-root user's own FUSE mount; the machine's mode comes back after."""
+    require_root()
+    require_fuse()
+    before = os.stat("/dev/fuse").st_mode & 0o7777
+    os.chmod("/dev/fuse", 0o666)
+    try:
+        yield
+    finally:
+        os.chmod("/dev/fuse", before)
+
+
+@pytest.fixture
 def dev_dir() -> Iterator[str]:
     """A mount point other users can reach (pytest's tmp_path is private to root)."""
     os.makedirs("/run/pykld-test", mode=0o755, exist_ok=True)

@@ -308,8 +308,7 @@ def test_sigkill_of_host_gives_enotconn_and_next_start_recovers(dev_dir: str) ->
     with pytest.raises(OSError) as dead:
         os.read(fd, 10)
     assert dead.value.errno == errno.ENOTCONN
-    with pytest.raises(OSError):  # the flush has no server either; the descriptor is closed anyway
-        os.close(fd)
+    os.close(fd)  # FOPEN_NOFLUSH: close(2) asks nothing of the server, so even a dead one's closes cleanly
     host = _start_host(dev_dir, "--no-bind")  # clears the dead mount first
     try:
         assert sh(f"cat {path}").stdout == "Default hello message\n"

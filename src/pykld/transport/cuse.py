@@ -13,7 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import stat
-import subprocess
 import tempfile
 import threading
 import time
@@ -23,6 +22,7 @@ from pykld.fuse import abi, reply
 from pykld.fuse.request import Request, negotiate_minor
 from pykld.kernel import ioccom
 from pykld.kernel.uaccess import Iovec, IovecMemory, NeedIovecs
+from pykld.transport import programs
 from pykld.transport.fileops import FileOps
 from pykld.transport.session import Reply, Session
 
@@ -35,11 +35,28 @@ NODE_TIMEOUT = 10.0
 SPECULATIVE_OUT = 256  # bytes: caller structures up to this size are also asked for as out-iovecs
 
 
+def cuse_unavailable() -> str | None:
+    """Why CUSE cannot serve here, in one line, or None when it can.
+
+    As root, a missing /dev/cuse is first asked for with `modprobe cuse`; a
+    machine without modprobe (no kmod package) or without the module simply
+    has no CUSE."""
+    if os.geteuid() != 0:
+        return "needs root"
+    if not os.path.exists("/dev/cuse"):
+        try:
+            programs.run(["modprobe", "cuse"])
+        except OSError as exc:
+            return f"no /dev/cuse, and {exc.strerror}"
+        if not os.path.exists("/dev/cuse"):
+            return "no /dev/cuse, even after modprobe cuse"
+    if not os.access("/dev/cuse", os.R_OK | os.W_OK):
+        return "/dev/cuse is not readable and writable"
+    return None
+
+
 def cuse_available() -> bool:
-    """/dev/cuse exists, loading the cuse module first when it is missing and we may."""
-    if not os.path.exists("/dev/cuse") and os.geteuid() == 0:
-        subprocess.run(["modprobe", "cuse"], capture_output=True, check=False)
-    return os.path.exists("/dev/cuse") and os.access("/dev/cuse", os.R_OK | os.W_OK)
+    return cuse_unavailable() is None
 
 
 class CuseHandler(FileOps):
@@ -238,8 +255,9 @@ class CuseTransport:
         return f"/dev/{cdev_name}"
 
     def start(self) -> None:
-        if not cuse_available():
-            raise OSError(errno.ENODEV, "/dev/cuse is not available (no CUSE in this kernel?)", None)
+        why_not = cuse_unavailable()
+        if why_not is not None:
+            raise OSError(errno.ENODEV, f"CUSE is not available: {why_not}", None)
         for cdev in self.kernel.devfs:
             self._on_devfs("create", cdev)
         self.kernel.devfs.subscribe(self._on_devfs)

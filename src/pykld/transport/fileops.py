@@ -110,10 +110,17 @@ class FileOps:
 
     @staticmethod
     def open_flags(cdev: Cdev) -> int:
-        """Device semantics: no page cache, and no offsets for streams."""
+        """Device semantics: no page cache, and no offsets for streams.
+
+        FOPEN_NOFLUSH: close(2) must not wait for us.  A FLUSH per close is a round
+        trip the driver has no use for (its close runs at RELEASE), and it can
+        deadlock a process that serves FUSE itself: a child it spawns closes the
+        inherited descriptors, each close sends FLUSH, and on CPython before
+        3.11.4 (Debian 12's 3.11.2) the parent holds the GIL through vfork() until
+        the child execs, so no server thread can answer (gh-104372)."""
         if cdev.seekable:
-            return abi.FOPEN_DIRECT_IO
-        return abi.FOPEN_DIRECT_IO | abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM
+            return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH
+        return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH | abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM
 
     # -- handlers -----------------------------------------------------------------------
 

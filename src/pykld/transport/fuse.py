@@ -217,8 +217,9 @@ class FuseTransport:
         return f"/dev/{cdev_name}" if self.bind else os.path.join(self.dev_dir, cdev_name)
 
     def start(self) -> None:
-        for stale in mount.clear_stale(self.dev_dir):
-            self.kernel.printf("kernel", f"cleared stale mount {stale}")
+        for stale, why_not in mount.clear_stale(self.dev_dir):
+            self.kernel.printf("kernel", f"cleared stale mount {stale}" if why_not is None
+                               else f"stale mount {stale} left in place: {why_not}")
         os.makedirs(self.dev_dir, exist_ok=True)
         if any(m.mount_point == self.dev_dir for m in mount.mounts()):
             raise OSError(errno.EBUSY, f"{self.dev_dir} is already mounted (another pykld?)", None)
@@ -285,7 +286,10 @@ class FuseTransport:
             time.sleep(0.005)
 
     def stop(self) -> None:
-        """Unpublish everything and unmount (modules are the kernel's to unload)."""
+        """Unpublish everything and unmount (modules are the kernel's to unload).
+
+        Does all of it even when a step fails, then raises an OSError that says
+        what could not be undone (a mount that fusermount3 refused to remove)."""
         self.kernel.devfs.unsubscribe(self._on_devfs)
         self.settle()
         for target in list(self._bound):
@@ -293,13 +297,17 @@ class FuseTransport:
         self._events.put(None)
         if self.session is not None:
             self.session.stop()
+        failed: OSError | None = None
         if self.fd >= 0:
             try:
                 mount.unmount_fuse(self.dev_dir)
             except OSError as exc:
+                failed = exc
                 self.kernel.printf("kernel", f"unmount {self.dev_dir}: {exc.strerror}")
             if self.session is not None:
                 self.session.finished.wait(5)
             self.handler.close_all()
             os.close(self.fd)
             self.fd = -1
+        if failed is not None:
+            raise OSError(failed.errno, f"{self.dev_dir} is still mounted: {failed.strerror}", None)

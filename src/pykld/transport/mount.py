@@ -11,11 +11,11 @@ import ctypes
 import ctypes.util
 import errno
 import os
-import shutil
 import socket
-import subprocess
 from collections.abc import Sequence
 from typing import NamedTuple
+
+from pykld.transport import programs
 
 MS_NOSUID = 2
 MS_NODEV = 4
@@ -89,17 +89,14 @@ def mount_fuse(mount_point: str, options: str, fsname: str = "pykld") -> int:
 
 
 def _fusermount(mount_point: str, options: str, fsname: str) -> int:
-    tool = shutil.which("fusermount3")
-    if tool is None:
-        raise OSError(errno.ENOENT, "fusermount3 not found (Debian package fuse3)", None)
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with ours, theirs:
         env = dict(os.environ, _FUSE_COMMFD=str(theirs.fileno()))
-        proc = subprocess.run(
-            [tool, "-o", f"{options},fsname={fsname},subtype=pykld", "--", mount_point],
-            env=env, pass_fds=(theirs.fileno(),), capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise OSError(errno.EPERM, f"fusermount3: {proc.stderr.strip()}", None)
+        try:
+            programs.run(["fusermount3", "-o", f"{options},fsname={fsname},subtype=pykld", "--", mount_point],
+                         env=env, pass_fds=(theirs.fileno(),))
+        except OSError as exc:
+            raise OSError(exc.errno, f"cannot mount {mount_point}: {exc.strerror}", None) from None
         fds = array.array("i")
         _, ancdata, _, _ = ours.recvmsg(1, socket.CMSG_SPACE(fds.itemsize))
         for level, kind, payload in ancdata:
@@ -111,10 +108,15 @@ def _fusermount(mount_point: str, options: str, fsname: str) -> int:
 
 
 def unmount_fuse(mount_point: str) -> None:
+    """Detach the FUSE mount; an OSError that says why when that fails.
+
+    As another user this is fusermount3 -u, which checks the mount's owner in
+    /etc/mtab: without that file (or with one that lists nothing) it refuses,
+    and the mount stays until root unmounts it."""
     if os.geteuid() == 0:
         sys_umount(mount_point, MNT_DETACH)
     else:
-        subprocess.run(["fusermount3", "-u", "-z", "--", mount_point], capture_output=True, check=False)
+        programs.run(["fusermount3", "-u", "-z", "--", mount_point])
 
 
 def allow_other_permitted() -> bool:
@@ -170,10 +172,12 @@ def unbind_file(target: str, created_dirs: Sequence[str] = ()) -> None:
             break
 
 
-def clear_stale(mount_point: str, dev_root: str = "/dev") -> list[str]:
+def clear_stale(mount_point: str, dev_root: str = "/dev") -> list[tuple[str, str | None]]:
     """Remove what a killed pykld left: its dead FUSE mount at `mount_point` and
-    dead bind mounts under `dev_root`.  A live pykld's mounts are left alone."""
-    cleared = []
+    dead bind mounts under `dev_root`.  A live pykld's mounts are left alone.
+    Returns (path, None) for each one cleared and (path, why) for each that
+    could not be."""
+    results: list[tuple[str, str | None]] = []
     for entry in reversed(mounts()):
         if entry.fstype != FSTYPE:
             continue
@@ -181,7 +185,8 @@ def clear_stale(mount_point: str, dev_root: str = "/dev") -> list[str]:
         if (here == mount_point or here.startswith(dev_root + "/")) and is_dead(here):
             try:
                 sys_umount(here, MNT_DETACH) if os.geteuid() == 0 else unmount_fuse(here)
-            except OSError:
+            except OSError as exc:
+                results.append((here, exc.strerror or str(exc)))
                 continue
             if here != mount_point:
                 try:
@@ -189,5 +194,5 @@ def clear_stale(mount_point: str, dev_root: str = "/dev") -> list[str]:
                         os.unlink(here)
                 except OSError:
                     pass
-            cleared.append(here)
-    return cleared
+            results.append((here, None))
+    return results
