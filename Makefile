@@ -21,8 +21,15 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(VENV)/bin/pykld run examples/hello.py --demo
 
+# Cheapest and most telling first: lint; the fresh-machine checks (seconds, and
+# they name a missing package); the in-process suite; real FUSE mounts, daemons
+# and the kld commands; then the CUSE suite in a VM (minutes).
+HOST_TESTS := tests/transport tests/test_cli.py
+
 test: $(STAMP) lint
-	$(PY) -m pytest -q --ignore=tests/cuse
+	$(PY) -m pytest -q tests/transport/test_fresh_machine.py
+	$(PY) -m pytest -q tests --ignore=tests/cuse $(addprefix --ignore=,$(HOST_TESTS))
+	$(PY) -m pytest -q $(HOST_TESTS) --deselect tests/transport/test_fresh_machine.py
 	$(MAKE) --no-print-directory test-vm
 
 # The CUSE suite, inside one boot of a stock Debian kernel (this host's kernel has

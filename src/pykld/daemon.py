@@ -316,7 +316,7 @@ class Daemon:
             self.request_stop()
             self.stopped.wait(SHUTDOWN_TIMEOUT)  # the reply means: all unloaded and unmounted
             if self.teardown_failure is not None:
-                _send_quietly(conn, control.error(errno.EIO, f"stopped, but {self.teardown_failure}"))
+                _send_quietly(conn, control.error(errno.EBUSY, f"stopped, but {self.teardown_failure}"))
             else:
                 _send_quietly(conn, control.ok())
             return False

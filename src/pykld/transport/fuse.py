@@ -310,4 +310,4 @@ class FuseTransport:
             os.close(self.fd)
             self.fd = -1
         if failed is not None:
-            raise OSError(failed.errno, f"{self.dev_dir} is still mounted: {failed.strerror}", None)
+            raise OSError(errno.EBUSY, f"{self.dev_dir} is still mounted: {failed.strerror}", None)
