@@ -446,7 +446,7 @@ def test_non_root_user_is_refused_everything(pykld: Pykld) -> None:
 
 @pytest.mark.usefixtures("fuse_for_other_users")
 def test_non_root_user_runs_a_daemon_of_their_own(pykld: Pykld) -> None:
-    require("FUSERMOUNT3", shutil.which("fusermount3") is not None, "fusermount3 is not installed")
+    require("FUSE", shutil.which("fusermount3") is not None, "fusermount3 is not installed (Debian package fuse3)")
     os.chown(pykld.run_dir, NOBODY, NOBODY)
     os.chmod(pykld.run_dir, 0o700)
     # Started in the foreground here rather than by `pykld load`: the daemon that load would
