@@ -228,16 +228,32 @@ class CuseChannel:
         # request arrives; open our own node for it (a private one: the public
         # node may be gone already) until every worker has left.  It lives in /dev:
         # other file systems may be mounted nodev or not hold device nodes at all.
+        # The opens come from a thread of their own: one that starts just as the
+        # last worker leaves has nobody to answer it and waits until close() ends
+        # the channel, which must not be this thread's wait.
         with tempfile.TemporaryDirectory(prefix=".pykld-wake-", dir="/dev") as private:
             node = os.path.join(private, "wake")
             os.mknod(node, 0o600 | stat.S_IFCHR, self.rdev)
-            deadline = time.monotonic() + 5
-            while self.session.workers and time.monotonic() < deadline:
-                try:
-                    os.close(os.open(node, os.O_RDONLY | os.O_NONBLOCK))
-                except OSError:
-                    pass
-                time.sleep(0.001)
+            done = threading.Event()
+            knocker = threading.Thread(target=_knock, args=(node, done), name=f"pykld-wake:{self.cdev.name}",
+                                       daemon=True)
+            knocker.start()
+            try:
+                if not self.session.finished.wait(5):
+                    self.kernel.printf("kernel", f"{self.node}: still {self.session.workers} CUSE worker(s) "
+                                                 "after 5 s; closing the channel under them")
+            finally:
+                done.set()
+
+
+def _knock(node: str, done: threading.Event) -> None:
+    """Open and close `node` until `done`: each open is a request that wakes a worker."""
+    while not done.is_set():
+        try:
+            os.close(os.open(node, os.O_RDONLY | os.O_NONBLOCK))
+        except OSError:
+            pass
+        done.wait(0.001)
 
 
 class CuseTransport:
