@@ -12,12 +12,12 @@ from __future__ import annotations
 import errno
 import os
 import threading
-import traceback
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import ioccom
+from pykld.kernel.fault import caller_error
 from pykld.kernel.sched import Thread, enter, leave
-from pykld.kernel.uaccess import NeedIovecs, UserMemory
+from pykld.kernel.uaccess import UserMemory
 from pykld.kernel.uio import Buffer, Uio
 
 if TYPE_CHECKING:
@@ -48,6 +48,7 @@ class OpenFile:
 
     @property
     def nonblock(self) -> bool:
+        """O_NONBLOCK as the caller has it now (fcntl(F_SETFL) after open included)."""
         return bool(self.flags & os.O_NONBLOCK)
 
     def _run(self, td: Thread | None, op: str, flags: int | None, *args: Any) -> Any:
@@ -59,7 +60,9 @@ class OpenFile:
         td.kernel = self.kernel
         td.module = cdev.module
         td.file = self
-        td.nonblock = ((self.flags if flags is None else flags) & _O_NONBLOCK) != 0
+        if flags is not None and (flags ^ self.flags) & _O_NONBLOCK:
+            self.flags ^= _O_NONBLOCK  # fcntl(F_SETFL) since open: the file's flags follow, as f_flag does
+        td.nonblock = (self.flags & _O_NONBLOCK) != 0
         token = enter(td)
         active = cdev.active
         active.add(td)
@@ -82,17 +85,8 @@ class OpenFile:
                 return getattr(cdev.device, op)(self, *args)
             finally:
                 lock.release()
-        except OSError as exc:
-            cdev.stats.errors += 1
-            if not isinstance(exc.errno, int) or exc.errno <= 0:
-                raise OSError(errno.EIO, f"{cdev.path}: {op} failed: {exc}", None) from exc
-            raise
-        except NeedIovecs:
-            raise
-        except (Exception, SystemExit) as exc:
-            cdev.stats.faults += 1
-            self.kernel.log_fault(cdev.module, f"{op} on {cdev.path}", exc)
-            raise OSError(errno.EIO, f"{cdev.path}: driver fault in {op}: {exc!r}", None) from exc
+        except BaseException as exc:
+            raise caller_error(exc, self.kernel, cdev.module, op, cdev.path, cdev.stats)  # noqa: B904
         finally:
             active.discard(td)
             leave(token)
@@ -155,11 +149,8 @@ class OpenFile:
     def _bad_result(self, op: str, result: Any) -> NoReturn:
         """A driver returned what its operation cannot return: a fault like an exception,
         so the caller gets EIO and dmesg says why."""
-        self.cdev.stats.faults += 1
-        text = f"{op} on {self.cdev.path} returned {result!r}, not an int"
-        name = self.cdev.module.name if self.cdev.module is not None else "kernel"
-        self.kernel.printf(name, f"fault: {text}")
-        raise OSError(errno.EIO, f"{self.cdev.path}: {text}", None)
+        wrong = TypeError(f"{op} returned {result!r}, not an int")
+        raise caller_error(wrong, self.kernel, self.cdev.module, op, self.cdev.path, self.cdev.stats)
 
     def close(self, td: Thread | None = None) -> None:
         """Close this open.  On a destroyed device it succeeds without the driver."""
@@ -200,6 +191,3 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     cdev.stats.opens += 1
     return file
 
-
-def format_fault(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()

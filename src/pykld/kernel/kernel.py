@@ -19,9 +19,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.kernel import file as files
-from pykld.kernel import modules
+from pykld.kernel import kthread, modules
+from pykld.kernel.callout import Softclock
 from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
+from pykld.kernel.fault import contain, format_fault
 from pykld.kernel.malloc import MallocStat, MallocType
 from pykld.kernel.modules import LoadedModule, ModuleEvent
 from pykld.kernel.sched import Thread, enter, leave
@@ -47,6 +49,7 @@ class Kernel:
     def __init__(self, dmesg_lines: int = 4096) -> None:
         self.devfs = Devfs()
         self.msgbuf = MessageBuffer(dmesg_lines)
+        self.softclock = Softclock()  # the callouts of every module
         self._modules: dict[str, LoadedModule] = {}
         self._lock = threading.RLock()  # module registry changes, one at a time
         self._ids = itertools.count(1)
@@ -91,12 +94,7 @@ class Kernel:
         """Run module code with the module as curthread; a crash becomes OSError(EIO)."""
         token = enter(Thread(self, record))
         try:
-            return code()
-        except OSError:
-            raise
-        except (Exception, SystemExit) as exc:
-            self.log_fault(record, what, exc)
-            raise OSError(errno.EIO, f"module {record.name}: {what} failed: {exc!r}", None) from exc
+            return contain(self, record, what, code)
         finally:
             leave(token)
 
@@ -104,7 +102,9 @@ class Kernel:
         self._as_module(record, f"{event.name} event", lambda: record.instance.modevent(event))
 
     def _discard(self, record: LoadedModule) -> None:
-        """Take away everything a module had: devices, registry entry, its code."""
+        """Take away everything a module had: its callouts, tasks and threads, devices,
+        registry entry, its code."""
+        kthread.drain_module(self, record)
         for cdev in record.live_cdevs:
             cdev.destroy()
         with self._lock:
@@ -218,7 +218,7 @@ class Kernel:
 
     def log_fault(self, record: LoadedModule | None, what: str, exc: BaseException) -> None:
         name = record.name if record is not None else "kernel"
-        self.msgbuf.write(name, f"fault in {what}: {exc!r}\n{files.format_fault(exc)}")
+        self.msgbuf.write(name, f"fault in {what}: {exc!r}\n{format_fault(exc)}")
 
     def dmesg(self) -> list[str]:
         return self.msgbuf.formatted()

@@ -10,7 +10,7 @@ import errno
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.kernel.uaccess import check_range
 
@@ -20,6 +20,13 @@ if TYPE_CHECKING:
 _READ, _WRITE = 1, 2
 # What each access mode allows; Linux's O_ACCMODE 3 opens for ioctl only.
 _ACCESS = {os.O_RDONLY: _READ, os.O_WRONLY: _WRITE, os.O_RDWR: _READ | _WRITE, 3: 0}
+
+
+class IoctlResult(NamedTuple):
+    """What ioctl(2) gives back: the return value, and the argument as the driver left it."""
+
+    result: int
+    data: bytes | None  # the copied-out argument; None when the command copies nothing out
 
 
 class _EventPoller:
@@ -87,17 +94,21 @@ class SimFile:
             self.position = base + offset
             return self.position
 
-    def ioctl(self, cmd: int, arg: int | bytes | bytearray = 0, memory: Any = None) -> Any:
-        """fcntl.ioctl-like: a bytes argument is the copied-in buffer, and the
-        result is the copied-out buffer for commands that copy out (else the int result).
-        `memory` (a SimMemory) stands for the caller's address space, for drivers
-        that follow pointers."""
+    def ioctl(self, cmd: int, arg: int | bytes | bytearray = 0, memory: Any = None) -> IoctlResult:
+        """ioctl(2): `arg` is the integer argument, or the argument buffer of a sized
+        command (a bytearray is updated in place when the command copies out, as
+        ioctl(2) updates the caller's structure).  Returns the result and the bytes
+        copied out (None for commands that copy nothing out).  `memory` (a SimMemory)
+        stands for the caller's address space, for drivers that follow pointers."""
         self._check_fd()
         if isinstance(arg, int):
             result, out = self.file.ioctl(cmd, arg, None, memory)
         else:
             result, out = self.file.ioctl(cmd, 0, arg, memory)
-        return bytes(out) if out is not None else result
+        data = bytes(out) if out is not None else None
+        if data is not None and isinstance(arg, bytearray):
+            arg[: len(data)] = data
+        return IoctlResult(result, data)
 
     def poll(self, events: int, timeout: float | None = 0) -> int:
         """Wait up to `timeout` seconds (None: forever) for any of `events`."""
