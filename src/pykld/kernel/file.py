@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import ioccom
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pykld.kernel.sched import Poller
 
 _count_lock = threading.Lock()
+closed = threading.Condition(_count_lock)  # notified at every close: an unload may wait for them
 _O_NONBLOCK = os.O_NONBLOCK
 
 
@@ -51,7 +53,9 @@ class OpenFile:
         """O_NONBLOCK as the caller has it now (fcntl(F_SETFL) after open included)."""
         return bool(self.flags & os.O_NONBLOCK)
 
-    def _run(self, td: Thread | None, op: str, flags: int | None, *args: Any) -> Any:
+    def _run(self, td: Thread | None, op: str, fn: Callable[..., Any], flags: int | None, *args: Any) -> Any:
+        """Run the driver's operation `fn` (named `op`) for this file, under the rule of
+        kernel/fault.py, with the device lock unless the driver locks for itself."""
         cdev = self.cdev
         if cdev.destroyed:
             raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
@@ -73,7 +77,7 @@ class OpenFile:
                 # did not see this thread to interrupt it, so a sleep would never end.
                 raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
             if lock is None:
-                return getattr(cdev.device, op)(self, *args)
+                return fn(self, *args)
             if not lock.acquire(False):
                 if td.blocking is not None:
                     td.blocking()  # another operation holds the device: we may wait a while
@@ -82,18 +86,21 @@ class OpenFile:
             try:
                 if cdev.destroyed:  # while we waited for the lock
                     raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
-                return getattr(cdev.device, op)(self, *args)
+                return fn(self, *args)
             finally:
                 lock.release()
         except BaseException as exc:
             raise caller_error(exc, self.kernel, cdev.module, op, cdev.path, cdev.stats)  # noqa: B904
         finally:
             active.discard(td)
+            if cdev.destroyed:  # destroy_dev may be waiting for the driver to empty
+                with cdev.drained:
+                    cdev.drained.notify_all()
             leave(token)
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
         uio = Uio.for_read(offset, size)
-        self._run(td, "read", flags, uio)
+        self._run(td, "read", self.cdev.ops.read, flags, uio)
         stats = self.cdev.stats
         stats.reads += 1
         stats.bytes_read += size - uio.resid
@@ -101,7 +108,7 @@ class OpenFile:
 
     def write(self, offset: int, data: Buffer, flags: int | None = None, td: Thread | None = None) -> int:
         uio = Uio.for_write(offset, data)
-        self._run(td, "write", flags, uio)
+        self._run(td, "write", self.cdev.ops.write, flags, uio)
         done = len(data) - uio.resid
         stats = self.cdev.stats
         stats.writes += 1
@@ -124,7 +131,7 @@ class OpenFile:
         if td is None:
             td = Thread()
         td.memory = memory
-        result = self._run(td, "ioctl", None, cmd, buf if buf is not None else arg)
+        result = self._run(td, "ioctl", self.cdev.ops.ioctl, None, cmd, buf if buf is not None else arg)
         self.cdev.stats.ioctls += 1
         if result is None:
             result = 0
@@ -138,7 +145,7 @@ class OpenFile:
         td.poller = poller
         if poller is not None:
             self.cdev.pollers.add(poller)
-        revents = self._run(td, "poll", None, events)
+        revents = self._run(td, "poll", self.cdev.ops.poll, None, events)
         self.cdev.stats.polls += 1
         if revents is None:
             return 0
@@ -158,11 +165,12 @@ class OpenFile:
             return
         self.closed = True
         cdev = self.cdev
-        with _count_lock:
+        with closed:
             cdev.open_count -= 1
+            closed.notify_all()
         if not cdev.destroyed:
             try:
-                self._run(td, "close", None)
+                self._run(td, "close", self.cdev.ops.close, None)
             except OSError as exc:
                 # Destroyed while we got here: close still succeeds, without the driver.
                 if not (exc.errno == errno.ENXIO and cdev.destroyed):
@@ -183,7 +191,7 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     with _count_lock:
         cdev.open_count += 1  # counted first, so an unload racing this open sees it
     try:
-        file._run(td, "open", None)
+        file._run(td, "open", cdev.ops.open, None)
     except BaseException:
         with _count_lock:
             cdev.open_count -= 1

@@ -14,7 +14,6 @@ import errno
 import itertools
 import os
 import threading
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -47,7 +46,7 @@ class ModuleStat(NamedTuple):
 
 class Kernel:
     def __init__(self, dmesg_lines: int = 4096) -> None:
-        self.devfs = Devfs()
+        self.devfs = Devfs(log=lambda text: self.printf("kernel", text))
         self.msgbuf = MessageBuffer(dmesg_lines)
         self.softclock = Softclock()  # the callouts of every module
         self._modules: dict[str, LoadedModule] = {}
@@ -141,10 +140,8 @@ class Kernel:
     def _closes_settle(record: LoadedModule, grace: float = CLOSE_GRACE) -> bool:
         """Wait briefly for closes in flight: over FUSE the kernel sends RELEASE after
         close(2) has returned, so `cat dev; kldunload` would otherwise race it."""
-        deadline = time.monotonic() + grace
-        while record.refs and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return not record.refs
+        with files.closed:
+            return files.closed.wait_for(lambda: not record.refs, grace)
 
     def _find(self, target: str | int) -> LoadedModule:
         for record in self._modules.values():
