@@ -95,7 +95,7 @@ def test_uiomove_moves_both_ways(kernel: Kernel, load_driver: Load) -> None:
 
 def test_file_nonblock_follows_the_requests_flags(kernel: Kernel, load_driver: Load) -> None:
     load_driver(ECHO)
-    file = kernel.open_file("/dev/echo", os.O_RDWR)
+    file = kernel.open_cdev("/dev/echo", os.O_RDWR)
     assert file.ioctl(1)[0] == 0
     file.read(0, 1, flags=os.O_RDWR | os.O_NONBLOCK)  # fcntl(F_SETFL, O_NONBLOCK) after open
     assert file.nonblock and file.ioctl(1)[0] == 1
@@ -124,7 +124,7 @@ class Drv(Module):
 
 def test_a_drivers_except_exception_does_not_swallow_the_retry(kernel: Kernel, load_driver: Load) -> None:
     load_driver(CAREFUL)
-    file = kernel.open_file("/dev/careful")
+    file = kernel.open_cdev("/dev/careful")
     with pytest.raises(NeedIovecs) as excinfo:
         file.ioctl(1, 0x1000, None, IovecMemory([], b""))
     assert excinfo.value.reads == [(0x1000, 4)]

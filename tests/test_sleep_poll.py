@@ -156,7 +156,7 @@ def test_nonblocking_sleep_is_eagain(sleeper: Kernel) -> None:
 
 def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) -> None:
     # What a transport does for a signal to a blocked caller (FUSE_INTERRUPT).
-    file = sleeper.open_file(DEV)
+    file = sleeper.open_cdev(DEV)
     td = Thread()
     got = threads.start(lambda: file.read(0, 100, td=td))
     wait_until(active(sleeper, 1))
@@ -172,7 +172,7 @@ def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) ->
 
 
 def test_interrupt_before_sleeping_ends_the_sleep_at_once(sleeper: Kernel) -> None:
-    file = sleeper.open_file(DEV)
+    file = sleeper.open_cdev(DEV)
     td = Thread()
     td.interrupt(errno.EINTR)
     start = time.monotonic()

@@ -52,7 +52,7 @@ def serve(seekable: bool, tmp_path: Path) -> tuple[bytes, int]:
     kernel.kldload(str(path))
     try:
         ops = FileOps(kernel)
-        ops.files[1] = kernel.open_file("/dev/where", os.O_RDWR)
+        ops.files[1] = kernel.open_cdev("/dev/where", os.O_RDWR)
         read = message(abi.Opcode.READ, 1, 4096, 16)
         replied = ops.fast_read(memoryview(read), len(read))
         write = message(abi.Opcode.WRITE, 1, 4096, 2, b"hi")

@@ -24,6 +24,16 @@ if TYPE_CHECKING:
     from pykld.kernel.modules import LoadedModule
 
 MAX_NAME = 255  # SPECNAMELEN
+MAY_READ, MAY_WRITE = stat.S_IROTH, stat.S_IWOTH  # permission bits, as in a mode's "other" triple
+# The access-mode rule, one for the open-time check and the descriptor's after it:
+# O_ACCMODE -> (permission the open needs, what the descriptor may do).  Mode 3 is
+# Linux's ioctl-only open: it needs read and write permission and allows neither (ACC_MODE).
+ACCESS_MODES = {
+    0: (MAY_READ, MAY_READ),  # O_RDONLY
+    1: (MAY_WRITE, MAY_WRITE),  # O_WRONLY
+    2: (MAY_READ | MAY_WRITE, MAY_READ | MAY_WRITE),  # O_RDWR
+    3: (MAY_READ | MAY_WRITE, 0),
+}
 DRAIN_TIMEOUT = 5.0  # seconds destroy_dev waits for operations inside the driver
 _inodes = itertools.count(2)  # 1 is the devfs root
 
@@ -127,8 +137,7 @@ class Cdev:
         """The access check a real device node gets from the kernel."""
         if uid == 0:
             return True
-        # Access mode 3 (Linux's ioctl-only open) needs both, as Linux's ACC_MODE says.
-        want = {0: stat.S_IROTH, 1: stat.S_IWOTH}.get(flags & 3, stat.S_IROTH | stat.S_IWOTH)
+        want = ACCESS_MODES[flags & 3][0]
         if uid == self.uid:
             granted = (self.mode >> 6) & 7
         elif self.gid in gids:

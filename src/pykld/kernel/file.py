@@ -79,8 +79,8 @@ class OpenFile:
             if lock is None:
                 return fn(self, *args)
             if not lock.acquire(False):
-                if td.blocking is not None:
-                    td.blocking()  # another operation holds the device: we may wait a while
+                if td.before_block is not None:
+                    td.before_block()  # another operation holds the device: we may wait a while
                 lock.acquire()
             td.lock = lock
             try:

@@ -15,7 +15,7 @@ import itertools
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pykld.kernel import file as files
 from pykld.kernel import kthread, modules
@@ -23,13 +23,10 @@ from pykld.kernel.callout import Softclock
 from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
 from pykld.kernel.fault import contain, format_fault
+from pykld.kernel.fd import SimFile
 from pykld.kernel.malloc import MallocStat, MallocType
 from pykld.kernel.modules import LoadedModule, ModuleEvent
 from pykld.kernel.sched import Thread, enter, leave
-
-if TYPE_CHECKING:
-    from pykld.transport.sim import SimFile
-
 
 CLOSE_GRACE = 0.5  # seconds an unload waits for closes still on their way
 
@@ -190,10 +187,11 @@ class Kernel:
             raise OSError(errno.ENOENT, f"no such device: {path}", None)
         return cdev
 
-    def open_file(self, path: str | Cdev, flags: int = os.O_RDONLY, uid: int | None = None,
+    def open_cdev(self, path: str | Cdev, flags: int = os.O_RDONLY, uid: int | None = None,
                   gids: tuple[int, ...] | None = None, pid: int | None = None,
                   check_access: bool = True, td: Thread | None = None) -> files.OpenFile:
-        """Open a device for a transport: the kernel-side file, no file position."""
+        """d_open for a transport: the kernel-side file (no file position; the caller's
+        kernel keeps that).  `open` is the in-process open(2) on top of it."""
         cdev = path if isinstance(path, Cdev) else self.lookup(path)
         return files.open_cdev(
             self, cdev, flags,
@@ -204,9 +202,7 @@ class Kernel:
     def open(self, path: str, flags: int = os.O_RDONLY, uid: int | None = None,
              gids: tuple[int, ...] | None = None) -> SimFile:
         """Open a device in process, as open(2) would: a file with a position."""
-        from pykld.transport.sim import SimFile
-
-        return SimFile(self.open_file(path, flags, uid, gids))
+        return SimFile(self.open_cdev(path, flags, uid, gids))
 
     # -- messages and accounting -------------------------------------------------
 

@@ -72,6 +72,15 @@ def module_path() -> list[Path]:
     return [Path.cwd(), Path.cwd() / "examples"]
 
 
+def find_in_path(name: str) -> str | None:
+    """The file NAME.py in the module path, if there is one."""
+    for directory in module_path():
+        candidate = directory / f"{name}.py"
+        if candidate.is_file():
+            return str(candidate.resolve())
+    return None
+
+
 def resolve(target: str) -> str:
     """Find the file for a path or a bare name; fall back to an importable module name."""
     as_path = Path(target)
@@ -79,10 +88,9 @@ def resolve(target: str) -> str:
         if not as_path.is_file():
             raise OSError(errno.ENOENT, f"no such module file: {target}", None)
         return str(as_path.resolve())
-    for directory in module_path():
-        candidate = directory / f"{target}.py"
-        if candidate.is_file():
-            return str(candidate.resolve())
+    found = find_in_path(target)
+    if found is not None:
+        return found
     try:
         spec = importlib.util.find_spec(target)
     except (ImportError, ValueError):

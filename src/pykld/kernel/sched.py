@@ -30,7 +30,7 @@ class Poller(Protocol):
 class Thread:
     """The context of one event or operation in the kernel (FreeBSD's struct thread)."""
 
-    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "blocking",
+    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "before_block",
                  "interrupted", "_wait")
 
     def __init__(self, kernel: Kernel | None = None, module: LoadedModule | None = None) -> None:
@@ -43,7 +43,7 @@ class Thread:
         self.memory: UserMemory | None = None  # the caller's address space, where reachable
         # Called before this thread may block (sleep, a busy device lock): the
         # transport lets another thread take new requests meanwhile.
-        self.blocking: Callable[[], None] | None = None
+        self.before_block: Callable[[], None] | None = None
         self.interrupted = 0  # errno that ends any sleep of this thread (EINTR, ENXIO)
         self._wait: threading.Event | None = None
 
@@ -127,8 +127,8 @@ def sleep(chan: Hashable, timeout: float | None = None, lock: Any = None) -> boo
     try:
         if td.interrupted:
             raise OSError(td.interrupted, "sleep interrupted", None)
-        if td.blocking is not None:
-            td.blocking()
+        if td.before_block is not None:
+            td.before_block()
         if inner is not None:
             inner.release()
         if outer is not None:
