@@ -202,3 +202,35 @@ def test_ioctl_gives_the_result_and_the_copied_out_bytes(kernel: Kernel, load_dr
         with pytest.raises(OSError) as excinfo:
             f.ioctl(cmd, b"ab")
         assert excinfo.value.errno == errno.EFAULT
+
+
+def test_the_driver_sees_who_opened(kernel: Kernel, load_driver: Load) -> None:
+    load_driver('''
+        from pykld import CharacterDevice, Module, make_dev
+
+        class Who(CharacterDevice):
+            def open(self, file):
+                file.private = (file.uid, file.gids, file.pid)
+
+            def read(self, file, uio):
+                uio.move_out(repr(file.private).encode())
+
+        class Drv(Module):
+            name = "drv"
+
+            def load(self):
+                make_dev(Who(), "who", mode=0o666)
+    ''')
+    file = kernel.open_cdev("/dev/who", uid=1234, gids=(5678,), pid=42)
+    assert file.read(0, 100).tobytes() == b"(1234, (5678,), 42)"
+    file.close()
+
+
+def test_sleeps_that_ended_leave_no_trace_in_the_sleep_queue() -> None:
+    """A daemon sleeps on countless channels over its life: an ended sleep must not stay queued."""
+    from pykld import sleep
+    from pykld.kernel import sched
+
+    for chan in range(100):
+        assert sleep(("test-chan", chan), timeout=0) is False
+    assert not [c for c in sched._sleepq._sleepers if isinstance(c, tuple) and c[0] == "test-chan"]
