@@ -234,3 +234,32 @@ def test_sleeps_that_ended_leave_no_trace_in_the_sleep_queue() -> None:
     for chan in range(100):
         assert sleep(("test-chan", chan), timeout=0) is False
     assert not [c for c in sched._sleepq._sleepers if isinstance(c, tuple) and c[0] == "test-chan"]
+
+
+def test_eio_carries_the_drivers_exception_as_its_cause(kernel: Kernel, load_driver: Load) -> None:
+    load_driver('''
+        from pykld import CharacterDevice, Module, make_dev
+
+        class Crash(CharacterDevice):
+            def read(self, file, uio):
+                raise KeyError("driver bug")
+
+        class Drv(Module):
+            name = "drv"
+
+            def load(self):
+                make_dev(Crash(), "crash", mode=0o666)
+    ''')
+    with kernel.open("/dev/crash") as f, pytest.raises(OSError) as excinfo:
+        f.read()
+    assert excinfo.value.errno == errno.EIO
+    assert isinstance(excinfo.value.__cause__, KeyError)  # what a debugger or a test shows next
+
+
+def test_unload_forgets_the_drivers_code(kernel: Kernel, load_driver: Load) -> None:
+    import sys
+
+    load_driver("from pykld import Module\nclass Drv(Module):\n    name = 'drv'\n")
+    (loaded,) = [name for name in sys.modules if name.startswith("pykld_loaded_") and name.endswith("_drv")]
+    kernel.kldunload("drv")
+    assert loaded not in sys.modules  # a reload imports the file afresh, and nothing leaks

@@ -222,6 +222,19 @@ def test_tasks_run_in_order_as_the_module(kernel: Kernel, load_driver: Load, wai
     assert lines(kernel, "drv: task a")
 
 
+def test_a_cancelled_task_does_not_run(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(TASKS)
+    drv = module_of(kernel)
+    gate = threading.Event()
+    blocker = Task(gate.wait, 5)
+    drv.tq.enqueue(blocker)
+    drv.tq.enqueue(drv.task)
+    assert drv.tq.cancel(drv.task) is True  # queued, not running: taken off
+    gate.set()
+    assert drv.tq.drain_all()
+    assert drv.done == [] and drv.task.pending == 0
+
+
 def test_task_fault_is_contained_and_unload_runs_what_is_queued(kernel: Kernel, load_driver: Load) -> None:
     load_driver(TASKS)
     drv = module_of(kernel)
