@@ -165,6 +165,7 @@ def test_kthread_runs_as_the_module_and_unload_ends_it(kernel: Kernel, load_driv
     kernel.kldunload("drv")
     assert not kt.alive  # the unload waited for it
     assert not lines(kernel, "Still")
+    assert not lines(kernel, "failed")  # ending its sleep was the unload's doing, not a failure
 
 
 def test_kthread_fault_is_contained(kernel: Kernel, load_driver: Load, wait_until) -> None:

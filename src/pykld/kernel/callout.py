@@ -16,6 +16,7 @@ callouts the module left.
 
 from __future__ import annotations
 
+import errno
 import heapq
 import itertools
 import threading
@@ -179,10 +180,13 @@ def run_as_module(kernel: Kernel, module: LoadedModule | None, what: str, fn: Ca
     a fault is logged with its traceback, and the module goes on."""
     from pykld.kernel.fault import contain  # fault imports file, which imports this package's sched only
 
-    token = enter(td if td is not None else Thread(kernel, module))
+    if td is None:
+        td = Thread(kernel, module)
+    token = enter(td)
     try:
         contain(kernel, module, what, fn, *args)
     except OSError as exc:
-        kernel.printf(module.name if module is not None else "kernel", f"{what} failed: {exc}")
+        if not (exc.errno == errno.ENXIO and td.interrupted == errno.ENXIO):  # not the unload's own stop
+            kernel.printf(module.name if module is not None else "kernel", f"{what} failed: {exc}")
     finally:
         leave(token)
