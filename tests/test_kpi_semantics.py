@@ -263,3 +263,36 @@ def test_unload_forgets_the_drivers_code(kernel: Kernel, load_driver: Load) -> N
     (loaded,) = [name for name in sys.modules if name.startswith("pykld_loaded_") and name.endswith("_drv")]
     kernel.kldunload("drv")
     assert loaded not in sys.modules  # a reload imports the file afresh, and nothing leaks
+
+
+def test_make_dev_refuses_a_name_that_is_not_a_string(kernel: Kernel, load_driver: Load) -> None:
+    with pytest.raises(OSError) as excinfo:
+        load_driver('''
+            from pykld import CharacterDevice, Module, make_dev
+
+            class Drv(Module):
+                name = "drv"
+
+                def load(self):
+                    make_dev(CharacterDevice(), 5)
+        ''')
+    assert excinfo.value.errno == errno.EINVAL
+
+
+def test_seek_on_a_closed_file_is_ebadf(kernel: Kernel, example: Callable[[str], str]) -> None:
+    kernel.kldload(example("hello"))
+    f = kernel.open("/dev/rustmodule")
+    f.close()
+    with pytest.raises(OSError) as excinfo:
+        f.seek(0)
+    assert excinfo.value.errno == errno.EBADF
+
+
+def test_uiomove_counts_bytes_of_a_wide_memoryview() -> None:
+    from array import array
+
+    from pykld import Uio
+
+    uio = Uio.for_read(0, 100)
+    assert uio.uiomove(memoryview(array("H", [1, 2, 3]))) == 6
+    assert uio.resid == 94

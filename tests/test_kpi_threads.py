@@ -276,3 +276,34 @@ def test_outside_a_module_the_async_kpi_says_so() -> None:
     for call in (callout_init, lambda: kthread_add(print), taskqueue_create):
         with pytest.raises(RuntimeError, match="outside a module"):
             call()
+
+
+def test_a_stopped_callout_reset_later_runs_on_the_new_schedule(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(CALLOUTS)
+    drv = module_of(kernel)
+    drv.c.reset(0.02, drv.say, "old")
+    drv.c.stop()
+    drv.c.reset(30, drv.say, "new")  # the old entry, still queued, must not fire it
+    threading.Event().wait(0.15)
+    assert drv.ran == []
+    drv.c.stop()
+
+
+def test_callout_drain_says_when_it_gives_up(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(CALLOUTS)
+    drv = module_of(kernel)
+    inside, release = threading.Event(), threading.Event()
+    drv.c.reset(0, lambda: (inside.set(), release.wait(5)))
+    assert inside.wait(5)
+    try:
+        drv.c.drain(0.05)
+        assert lines(kernel, "callout_drain: a callout of drv still runs")
+    finally:
+        release.set()
+
+
+def test_an_ended_kthread_leaves_the_modules_list(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(KTHREADS)
+    kt = in_module(kernel, lambda: kthread.kthread_add(lambda: None, name="brief"))
+    assert isinstance(kt, kthread.KThread) and kt.join(5)
+    assert kernel.module("drv").kthreads == []
