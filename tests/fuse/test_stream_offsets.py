@@ -69,3 +69,24 @@ def test_a_stream_device_sees_offset_zero(tmp_path: Path) -> None:
 
 def test_a_seekable_device_sees_the_callers_offset(tmp_path: Path) -> None:
     assert serve(True, tmp_path) == (b"4096", 4096)
+
+
+def test_kept_positions_replace_the_requests_offset(tmp_path: Path) -> None:
+    """CUSE passes every read at offset 0: FileOps keeps each open's position instead."""
+    path = tmp_path / "where.py"
+    path.write_text(DRIVER.replace("SEEKABLE", "True"))
+    kernel = Kernel()
+    kernel.kldload(str(path))
+    try:
+        ops = FileOps(kernel)
+        ops.positions = {}
+        ops.files[1] = kernel.open_cdev("/dev/where", os.O_RDWR)
+        seen = []
+        for _ in range(2):
+            read = message(abi.Opcode.READ, 1, 0, 16)
+            replied = ops.fast_read(memoryview(read), len(read))
+            assert isinstance(replied, list)
+            seen.append(b"".join(bytes(chunk) for chunk in replied[1:]))
+        assert seen == [b"0", b"1"]  # the second read starts where the first ended
+    finally:
+        kernel.shutdown()
