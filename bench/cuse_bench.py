@@ -278,8 +278,8 @@ def warm_bytecode(prefix: Path) -> None:
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         subprocess.run([sys.executable, "-c", "import argparse, contextlib, datetime, importlib.util, json, "
                         "platform, shutil, signal, statistics, subprocess, tempfile, time, pathlib, typing, "
-                        "pykld.transport.cuse, pykld.run, pykld.cli"], env=env, capture_output=True, timeout=120,
-                       cwd=ROOT)
+                        "pykld.transport.cuse, pykld.kld.run, pykld.kld.cli"], env=env, capture_output=True,
+                       timeout=120, cwd=ROOT)
 
 
 def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:

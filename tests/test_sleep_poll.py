@@ -111,31 +111,31 @@ def test_sleep_releases_the_lock_for_a_writer(sleeper: Kernel, threads, wait_unt
 def test_sleep_timeout_returns_false(sleeper: Kernel) -> None:
     with sleeper.open(DEV) as f:
         start = time.monotonic()
-        assert f.ioctl(SLEEP_MS, 50) == 0
+        assert f.ioctl(SLEEP_MS, 50).result == 0
         assert 0.04 <= time.monotonic() - start < 2
 
 
 def test_wakeup_one_wakes_one_sleeper(sleeper: Kernel, threads, wait_until) -> None:
     files = [sleeper.open(DEV) for _ in range(3)]
-    sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000)) for f in files[:2]]
-    wait_until(lambda: files[2].ioctl(ASLEEP) == 2)
-    assert files[2].ioctl(WAKEUP_ONE) == 1
+    sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000).result) for f in files[:2]]
+    wait_until(lambda: files[2].ioctl(ASLEEP).result == 2)
+    assert files[2].ioctl(WAKEUP_ONE).result == 1
     wait_until(lambda: sum(not s.thread.is_alive() for s in sleepers) == 1)
     time.sleep(0.05)
     assert sum(s.thread.is_alive() for s in sleepers) == 1  # exactly one woke
-    assert files[2].ioctl(WAKEUP_ALL) == 1  # the other one is still asleep
+    assert files[2].ioctl(WAKEUP_ALL).result == 1  # the other one is still asleep
     threads.join(*sleepers)
     assert sorted(s.result() for s in sleepers) == [1, 1]  # both were woken, neither timed out
-    assert files[2].ioctl(WAKEUP_ONE) == 0  # nobody left
+    assert files[2].ioctl(WAKEUP_ONE).result == 0  # nobody left
     for f in files:
         f.close()
 
 
 def test_wakeup_wakes_all(sleeper: Kernel, threads, wait_until) -> None:
     files = [sleeper.open(DEV) for _ in range(4)]
-    sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000)) for f in files[:3]]
-    wait_until(lambda: files[3].ioctl(ASLEEP) == 3)
-    assert files[3].ioctl(WAKEUP_ALL) == 3
+    sleepers = [threads.start(lambda f=f: f.ioctl(SLEEP_MS, 4000).result) for f in files[:3]]
+    wait_until(lambda: files[3].ioctl(ASLEEP).result == 3)
+    assert files[3].ioctl(WAKEUP_ALL).result == 3
     threads.join(*sleepers)
     assert [s.result() for s in sleepers] == [1, 1, 1]
     for f in files:
@@ -156,7 +156,7 @@ def test_nonblocking_sleep_is_eagain(sleeper: Kernel) -> None:
 
 def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) -> None:
     # What a transport does for a signal to a blocked caller (FUSE_INTERRUPT).
-    file = sleeper.open_file(DEV)
+    file = sleeper.open_cdev(DEV)
     td = Thread()
     got = threads.start(lambda: file.read(0, 100, td=td))
     wait_until(active(sleeper, 1))
@@ -172,7 +172,7 @@ def test_interrupted_sleeper_gets_eintr(sleeper: Kernel, threads, wait_until) ->
 
 
 def test_interrupt_before_sleeping_ends_the_sleep_at_once(sleeper: Kernel) -> None:
-    file = sleeper.open_file(DEV)
+    file = sleeper.open_cdev(DEV)
     td = Thread()
     td.interrupt(errno.EINTR)
     start = time.monotonic()

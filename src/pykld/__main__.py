@@ -1,3 +1,3 @@
-from pykld.cli import main
+from pykld.kld.cli import main
 
 raise SystemExit(main())

@@ -62,7 +62,7 @@ def membuf() -> tuple[Kernel, CuseHandler, int]:
     kernel.kldload(str(EXAMPLES / "membuf.py"))
     cdev = kernel.lookup("membuf")
     handler = CuseHandler(kernel, cdev)
-    handler.files[7] = kernel.open_file(cdev, os.O_RDWR)
+    handler.files[7] = kernel.open_cdev(cdev, os.O_RDWR)
     return kernel, handler, 7
 
 

@@ -13,6 +13,17 @@ the loop; this package only converts between bytes and values:
 * :mod:`~pykld.fuse.notify`: unsolicited notifications (poll wakeup, invalidations).
 
 Modelled on h11 (bytes in, events out) and the Rust fuser crate's ``ll`` modules.
+
+Complete on purpose, not cut to what pykld's devfs answers.  About 40 % of it (the
+reply encoders of opcodes the devfs refuses or never gets: CREATE, READLINK, LSEEK,
+BMAP, LK, xattrs, READDIRPLUS; layouts of protocol minors below the one the hot
+path accepts) has no caller in the transports today.  It stays because the devfs
+must still decode every request the kernel may send in order to answer it with a
+clear errno; because the layers above are meant to grow on it (a passthrough or
+record/replay transport for the testing toolkit, richer devfs semantics) without
+reopening the wire format; and because the whole of it is tested on its own,
+against the layouts of ``<linux/fuse.h>``, by tests/fuse/test_protocol.py, which
+needs no mount.  Code kept without a caller must keep a test: that is the rule.
 """
 
 from pykld.fuse import abi, notify, reply, request

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import select
 import stat
 import threading
 import time
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
     from pykld.kernel.modules import LoadedModule
 
 MAX_NAME = 255  # SPECNAMELEN
+MAY_READ, MAY_WRITE = stat.S_IROTH, stat.S_IWOTH  # permission bits, as in a mode's "other" triple
+# The access-mode rule, one for the open-time check and the descriptor's after it:
+# O_ACCMODE -> (permission the open needs, what the descriptor may do).  Mode 3 is
+# Linux's ioctl-only open: it needs read and write permission and allows neither (ACC_MODE).
+ACCESS_MODES = {
+    0: (MAY_READ, MAY_READ),  # O_RDONLY
+    1: (MAY_WRITE, MAY_WRITE),  # O_WRONLY
+    2: (MAY_READ | MAY_WRITE, MAY_READ | MAY_WRITE),  # O_RDWR
+    3: (MAY_READ | MAY_WRITE, 0),
+}
 DRAIN_TIMEOUT = 5.0  # seconds destroy_dev waits for operations inside the driver
 _inodes = itertools.count(2)  # 1 is the devfs root
 
@@ -40,6 +51,53 @@ class CdevStats:
     faults: int = 0  # operations the driver crashed in (the caller got EIO)
 
 
+def no_open(file: Any) -> None:
+    """nullop: a device without open accepts every open."""
+
+
+def no_close(file: Any) -> None:
+    """nullop."""
+
+
+def no_read(file: Any, uio: Any) -> None:
+    raise OSError(errno.ENODEV, "device does not support read", None)
+
+
+def no_write(file: Any, uio: Any) -> None:
+    raise OSError(errno.ENODEV, "device does not support write", None)
+
+
+def no_ioctl(file: Any, cmd: int, data: Any) -> None:
+    raise OSError(errno.ENOTTY, f"inappropriate ioctl {cmd:#x} for device", None)
+
+
+def no_poll(file: Any, events: int) -> int:
+    """Always ready for reading and writing, as FreeBSD's no_poll."""
+    return events & (select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM)
+
+
+_DEFAULTS = {"open": no_open, "close": no_close, "read": no_read, "write": no_write, "ioctl": no_ioctl,
+             "poll": no_poll}
+
+
+class CdevSw:
+    """The device's operations, bound once when it is made (kern_conf's prep_cdevsw):
+    the driver's methods, or the named defaults above for those it lacks."""
+
+    __slots__ = ("open", "close", "read", "write", "ioctl", "poll")
+
+    def __init__(self, device: Any) -> None:
+        for name, default in _DEFAULTS.items():
+            setattr(self, name, getattr(device, name, default))
+
+    open: Callable[..., Any]
+    close: Callable[..., Any]
+    read: Callable[..., Any]
+    write: Callable[..., Any]
+    ioctl: Callable[..., Any]
+    poll: Callable[..., Any]
+
+
 @dataclass(eq=False)
 class Cdev:
     name: str
@@ -55,11 +113,16 @@ class Cdev:
     open_count: int = 0
     destroyed: bool = False
     active: set[Thread] = field(default_factory=set)  # operations in progress
+    drained: threading.Condition = field(default_factory=threading.Condition)  # an operation left, once destroyed
     # Pollers that have polled this device: a destroy wakes them, so that no poll
     # waits for ever on a device that is gone, whatever the driver forgot to wake.
     pollers: weakref.WeakSet[Poller] = field(default_factory=weakref.WeakSet)
     stats: CdevStats = field(default_factory=CdevStats)
     devfs: Devfs | None = None
+    ops: CdevSw = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.ops = CdevSw(self.device)
 
     @property
     def path(self) -> str:
@@ -74,8 +137,7 @@ class Cdev:
         """The access check a real device node gets from the kernel."""
         if uid == 0:
             return True
-        # Access mode 3 (Linux's ioctl-only open) needs both, as Linux's ACC_MODE says.
-        want = {0: stat.S_IROTH, 1: stat.S_IWOTH}.get(flags & 3, stat.S_IROTH | stat.S_IWOTH)
+        want = ACCESS_MODES[flags & 3][0]
         if uid == self.uid:
             granted = (self.mode >> 6) & 7
         elif self.gid in gids:
@@ -99,7 +161,8 @@ Listener = Callable[[str, Cdev], None]  # ("create" | "destroy", cdev)
 
 
 class Devfs:
-    def __init__(self) -> None:
+    def __init__(self, log: Callable[[str], None] | None = None) -> None:
+        self.log = log or (lambda text: None)  # the kernel's message buffer
         self._lock = threading.Lock()
         self._cdevs: dict[str, Cdev] = {}
         self._listeners: list[Listener] = []
@@ -139,18 +202,20 @@ class Devfs:
         self._drain(cdev)
         self._tell("destroy", cdev)
 
-    @staticmethod
-    def _drain(cdev: Cdev, timeout: float = DRAIN_TIMEOUT) -> None:
+    def _drain(self, cdev: Cdev, timeout: float | None = None) -> None:
         """Wait for the operations still inside the driver to leave, as destroy_dev(9)
-        does, so an unload does not pull the module from under them.  A driver that
-        destroys its own device from one of its operations is not made to wait: it
-        may hold the device lock the others wait for (FreeBSD's destroy_dev_sched case)."""
+        does, so an unload does not pull the module from under them; each leaving
+        operation of a destroyed device signals `drained`.  A driver that destroys its
+        own device from one of its operations is not made to wait: it may hold the
+        device lock the others wait for (FreeBSD's destroy_dev_sched case)."""
         me = curthread()
         if me is not None and me in cdev.active:
             return
-        deadline = time.monotonic() + timeout
-        while cdev.active and time.monotonic() < deadline:
-            time.sleep(0.001)
+        with cdev.drained:
+            if cdev.drained.wait_for(lambda: not cdev.active, DRAIN_TIMEOUT if timeout is None else timeout):
+                return
+            still = len(cdev.active)
+        self.log(f"destroy_dev: Still {still} threads in {cdev.path}; destroying it anyway")
 
     def _tell(self, what: str, cdev: Cdev) -> None:
         for listener in list(self._listeners):

@@ -12,12 +12,13 @@ from __future__ import annotations
 import errno
 import os
 import threading
-import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import ioccom
+from pykld.kernel.fault import caller_error
 from pykld.kernel.sched import Thread, enter, leave
-from pykld.kernel.uaccess import NeedIovecs, UserMemory
+from pykld.kernel.uaccess import UserMemory
 from pykld.kernel.uio import Buffer, Uio
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from pykld.kernel.sched import Poller
 
 _count_lock = threading.Lock()
+closed = threading.Condition(_count_lock)  # notified at every close: an unload may wait for them
 _O_NONBLOCK = os.O_NONBLOCK
 
 
@@ -48,9 +50,12 @@ class OpenFile:
 
     @property
     def nonblock(self) -> bool:
+        """O_NONBLOCK as the caller has it now (fcntl(F_SETFL) after open included)."""
         return bool(self.flags & os.O_NONBLOCK)
 
-    def _run(self, td: Thread | None, op: str, flags: int | None, *args: Any) -> Any:
+    def _run(self, td: Thread | None, op: str, fn: Callable[..., Any], flags: int | None, *args: Any) -> Any:
+        """Run the driver's operation `fn` (named `op`) for this file, under the rule of
+        kernel/fault.py, with the device lock unless the driver locks for itself."""
         cdev = self.cdev
         if cdev.destroyed:
             raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
@@ -59,7 +64,9 @@ class OpenFile:
         td.kernel = self.kernel
         td.module = cdev.module
         td.file = self
-        td.nonblock = ((self.flags if flags is None else flags) & _O_NONBLOCK) != 0
+        if flags is not None and (flags ^ self.flags) & _O_NONBLOCK:
+            self.flags ^= _O_NONBLOCK  # fcntl(F_SETFL) since open: the file's flags follow, as f_flag does
+        td.nonblock = (self.flags & _O_NONBLOCK) != 0
         token = enter(td)
         active = cdev.active
         active.add(td)
@@ -70,36 +77,30 @@ class OpenFile:
                 # did not see this thread to interrupt it, so a sleep would never end.
                 raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
             if lock is None:
-                return getattr(cdev.device, op)(self, *args)
+                return fn(self, *args)
             if not lock.acquire(False):
-                if td.blocking is not None:
-                    td.blocking()  # another operation holds the device: we may wait a while
+                if td.before_block is not None:
+                    td.before_block()  # another operation holds the device: we may wait a while
                 lock.acquire()
             td.lock = lock
             try:
                 if cdev.destroyed:  # while we waited for the lock
                     raise OSError(errno.ENXIO, f"{cdev.path} is gone", None)
-                return getattr(cdev.device, op)(self, *args)
+                return fn(self, *args)
             finally:
                 lock.release()
-        except OSError as exc:
-            cdev.stats.errors += 1
-            if not isinstance(exc.errno, int) or exc.errno <= 0:
-                raise OSError(errno.EIO, f"{cdev.path}: {op} failed: {exc}", None) from exc
-            raise
-        except NeedIovecs:
-            raise
-        except (Exception, SystemExit) as exc:
-            cdev.stats.faults += 1
-            self.kernel.log_fault(cdev.module, f"{op} on {cdev.path}", exc)
-            raise OSError(errno.EIO, f"{cdev.path}: driver fault in {op}: {exc!r}", None) from exc
+        except BaseException as exc:
+            raise caller_error(exc, self.kernel, cdev.module, op, cdev.path, cdev.stats)  # noqa: B904
         finally:
             active.discard(td)
+            if cdev.destroyed:  # destroy_dev may be waiting for the driver to empty
+                with cdev.drained:
+                    cdev.drained.notify_all()
             leave(token)
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
         uio = Uio.for_read(offset, size)
-        self._run(td, "read", flags, uio)
+        self._run(td, "read", self.cdev.ops.read, flags, uio)
         stats = self.cdev.stats
         stats.reads += 1
         stats.bytes_read += size - uio.resid
@@ -107,7 +108,7 @@ class OpenFile:
 
     def write(self, offset: int, data: Buffer, flags: int | None = None, td: Thread | None = None) -> int:
         uio = Uio.for_write(offset, data)
-        self._run(td, "write", flags, uio)
+        self._run(td, "write", self.cdev.ops.write, flags, uio)
         done = len(data) - uio.resid
         stats = self.cdev.stats
         stats.writes += 1
@@ -130,7 +131,7 @@ class OpenFile:
         if td is None:
             td = Thread()
         td.memory = memory
-        result = self._run(td, "ioctl", None, cmd, buf if buf is not None else arg)
+        result = self._run(td, "ioctl", self.cdev.ops.ioctl, None, cmd, buf if buf is not None else arg)
         self.cdev.stats.ioctls += 1
         if result is None:
             result = 0
@@ -144,7 +145,7 @@ class OpenFile:
         td.poller = poller
         if poller is not None:
             self.cdev.pollers.add(poller)
-        revents = self._run(td, "poll", None, events)
+        revents = self._run(td, "poll", self.cdev.ops.poll, None, events)
         self.cdev.stats.polls += 1
         if revents is None:
             return 0
@@ -155,11 +156,8 @@ class OpenFile:
     def _bad_result(self, op: str, result: Any) -> NoReturn:
         """A driver returned what its operation cannot return: a fault like an exception,
         so the caller gets EIO and dmesg says why."""
-        self.cdev.stats.faults += 1
-        text = f"{op} on {self.cdev.path} returned {result!r}, not an int"
-        name = self.cdev.module.name if self.cdev.module is not None else "kernel"
-        self.kernel.printf(name, f"fault: {text}")
-        raise OSError(errno.EIO, f"{self.cdev.path}: {text}", None)
+        wrong = TypeError(f"{op} returned {result!r}, not an int")
+        raise caller_error(wrong, self.kernel, self.cdev.module, op, self.cdev.path, self.cdev.stats)
 
     def close(self, td: Thread | None = None) -> None:
         """Close this open.  On a destroyed device it succeeds without the driver."""
@@ -167,11 +165,12 @@ class OpenFile:
             return
         self.closed = True
         cdev = self.cdev
-        with _count_lock:
+        with closed:
             cdev.open_count -= 1
+            closed.notify_all()
         if not cdev.destroyed:
             try:
-                self._run(td, "close", None)
+                self._run(td, "close", self.cdev.ops.close, None)
             except OSError as exc:
                 # Destroyed while we got here: close still succeeds, without the driver.
                 if not (exc.errno == errno.ENXIO and cdev.destroyed):
@@ -192,7 +191,7 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     with _count_lock:
         cdev.open_count += 1  # counted first, so an unload racing this open sees it
     try:
-        file._run(td, "open", None)
+        file._run(td, "open", cdev.ops.open, None)
     except BaseException:
         with _count_lock:
             cdev.open_count -= 1
@@ -200,6 +199,3 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     cdev.stats.opens += 1
     return file
 
-
-def format_fault(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc)).rstrip()

@@ -14,21 +14,19 @@ import errno
 import itertools
 import os
 import threading
-import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 from pykld.kernel import file as files
-from pykld.kernel import modules
+from pykld.kernel import kthread, modules
+from pykld.kernel.callout import Softclock
 from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
+from pykld.kernel.fault import contain, format_fault
+from pykld.kernel.fd import SimFile
 from pykld.kernel.malloc import MallocStat, MallocType
 from pykld.kernel.modules import LoadedModule, ModuleEvent
 from pykld.kernel.sched import Thread, enter, leave
-
-if TYPE_CHECKING:
-    from pykld.transport.sim import SimFile
-
 
 CLOSE_GRACE = 0.5  # seconds an unload waits for closes still on their way
 
@@ -45,8 +43,9 @@ class ModuleStat(NamedTuple):
 
 class Kernel:
     def __init__(self, dmesg_lines: int = 4096) -> None:
-        self.devfs = Devfs()
+        self.devfs = Devfs(log=lambda text: self.printf("kernel", text))
         self.msgbuf = MessageBuffer(dmesg_lines)
+        self.softclock = Softclock()  # the callouts of every module
         self._modules: dict[str, LoadedModule] = {}
         self._lock = threading.RLock()  # module registry changes, one at a time
         self._ids = itertools.count(1)
@@ -91,12 +90,7 @@ class Kernel:
         """Run module code with the module as curthread; a crash becomes OSError(EIO)."""
         token = enter(Thread(self, record))
         try:
-            return code()
-        except OSError:
-            raise
-        except (Exception, SystemExit) as exc:
-            self.log_fault(record, what, exc)
-            raise OSError(errno.EIO, f"module {record.name}: {what} failed: {exc!r}", None) from exc
+            return contain(self, record, what, code)
         finally:
             leave(token)
 
@@ -104,7 +98,9 @@ class Kernel:
         self._as_module(record, f"{event.name} event", lambda: record.instance.modevent(event))
 
     def _discard(self, record: LoadedModule) -> None:
-        """Take away everything a module had: devices, registry entry, its code."""
+        """Take away everything a module had: its callouts, tasks and threads, devices,
+        registry entry, its code."""
+        kthread.drain_module(self, record)
         for cdev in record.live_cdevs:
             cdev.destroy()
         with self._lock:
@@ -141,10 +137,8 @@ class Kernel:
     def _closes_settle(record: LoadedModule, grace: float = CLOSE_GRACE) -> bool:
         """Wait briefly for closes in flight: over FUSE the kernel sends RELEASE after
         close(2) has returned, so `cat dev; kldunload` would otherwise race it."""
-        deadline = time.monotonic() + grace
-        while record.refs and time.monotonic() < deadline:
-            time.sleep(0.005)
-        return not record.refs
+        with files.closed:
+            return files.closed.wait_for(lambda: not record.refs, grace)
 
     def _find(self, target: str | int) -> LoadedModule:
         for record in self._modules.values():
@@ -193,10 +187,11 @@ class Kernel:
             raise OSError(errno.ENOENT, f"no such device: {path}", None)
         return cdev
 
-    def open_file(self, path: str | Cdev, flags: int = os.O_RDONLY, uid: int | None = None,
+    def open_cdev(self, path: str | Cdev, flags: int = os.O_RDONLY, uid: int | None = None,
                   gids: tuple[int, ...] | None = None, pid: int | None = None,
                   check_access: bool = True, td: Thread | None = None) -> files.OpenFile:
-        """Open a device for a transport: the kernel-side file, no file position."""
+        """d_open for a transport: the kernel-side file (no file position; the caller's
+        kernel keeps that).  `open` is the in-process open(2) on top of it."""
         cdev = path if isinstance(path, Cdev) else self.lookup(path)
         return files.open_cdev(
             self, cdev, flags,
@@ -207,9 +202,7 @@ class Kernel:
     def open(self, path: str, flags: int = os.O_RDONLY, uid: int | None = None,
              gids: tuple[int, ...] | None = None) -> SimFile:
         """Open a device in process, as open(2) would: a file with a position."""
-        from pykld.transport.sim import SimFile
-
-        return SimFile(self.open_file(path, flags, uid, gids))
+        return SimFile(self.open_cdev(path, flags, uid, gids))
 
     # -- messages and accounting -------------------------------------------------
 
@@ -218,7 +211,7 @@ class Kernel:
 
     def log_fault(self, record: LoadedModule | None, what: str, exc: BaseException) -> None:
         name = record.name if record is not None else "kernel"
-        self.msgbuf.write(name, f"fault in {what}: {exc!r}\n{files.format_fault(exc)}")
+        self.msgbuf.write(name, f"fault in {what}: {exc!r}\n{format_fault(exc)}")
 
     def dmesg(self) -> list[str]:
         return self.msgbuf.formatted()

@@ -14,13 +14,16 @@ import importlib.util
 import itertools
 import os
 import sys
+import threading
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from pykld.kernel.callout import Callout
     from pykld.kernel.devfs import Cdev
+    from pykld.kernel.kthread import KThread, TaskQueue
     from pykld.kernel.malloc import MallocType
 
 
@@ -45,6 +48,11 @@ class LoadedModule:
     id: int
     cdevs: list[Cdev] = field(default_factory=list)
     malloc_types: list[MallocType] = field(default_factory=list)
+    # What runs on the module's own schedule; the kernel drains it at unload.
+    callouts: list[Callout] = field(default_factory=list)
+    kthreads: list[KThread] = field(default_factory=list)
+    taskqueues: list[TaskQueue] = field(default_factory=list)
+    activity_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
     def refs(self) -> int:
@@ -64,6 +72,15 @@ def module_path() -> list[Path]:
     return [Path.cwd(), Path.cwd() / "examples"]
 
 
+def find_in_path(name: str) -> str | None:
+    """The file NAME.py in the module path, if there is one."""
+    for directory in module_path():
+        candidate = directory / f"{name}.py"
+        if candidate.is_file():
+            return str(candidate.resolve())
+    return None
+
+
 def resolve(target: str) -> str:
     """Find the file for a path or a bare name; fall back to an importable module name."""
     as_path = Path(target)
@@ -71,10 +88,9 @@ def resolve(target: str) -> str:
         if not as_path.is_file():
             raise OSError(errno.ENOENT, f"no such module file: {target}", None)
         return str(as_path.resolve())
-    for directory in module_path():
-        candidate = directory / f"{target}.py"
-        if candidate.is_file():
-            return str(candidate.resolve())
+    found = find_in_path(target)
+    if found is not None:
+        return found
     try:
         spec = importlib.util.find_spec(target)
     except (ImportError, ValueError):
@@ -92,11 +108,18 @@ def import_fresh(path: str) -> types.ModuleType:
         raise OSError(errno.ENOEXEC, f"{path}: not a Python module", None)
     pymodule = importlib.util.module_from_spec(spec)
     sys.modules[name] = pymodule  # dataclasses and pickling look a module up by name
+    # The driver's directory comes first on the path while it imports, as a
+    # script's does: so it finds the header beside it (NAME_ioctl.py: ioctl
+    # numbers and structs), which its user-space tests import too.
+    directory = str(Path(path).parent)
+    sys.path.insert(0, directory)
     try:
         spec.loader.exec_module(pymodule)
     except BaseException:
         del sys.modules[name]
         raise
+    finally:
+        sys.path.remove(directory)
     return pymodule
 
 
@@ -105,15 +128,17 @@ def forget(pymodule: types.ModuleType) -> None:
 
 
 def module_class(pymodule: types.ModuleType, path: str) -> type:
-    """The one module class a driver file declares."""
+    """The one module class a driver file declares: the leaf of its module classes,
+    so a helper base class in the same file does not count as a second module."""
     declared = getattr(pymodule, "MODULE", None)
     if declared is not None:
         return declared  # type: ignore[no-any-return]
-    found = [
+    classes = [
         obj for obj in vars(pymodule).values()
         if isinstance(obj, type) and getattr(obj, "__pykld_module__", False)
         and obj.__module__ == pymodule.__name__
     ]
+    found = [cls for cls in classes if not any(other is not cls and issubclass(other, cls) for other in classes)]
     if len(found) != 1:
         what = "no module class" if not found else f"{len(found)} module classes"
         raise OSError(errno.ENOEXEC, f"{path}: {what} (subclass pykld.Module once, or set MODULE)", None)

@@ -30,7 +30,7 @@ class Poller(Protocol):
 class Thread:
     """The context of one event or operation in the kernel (FreeBSD's struct thread)."""
 
-    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "blocking",
+    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "before_block",
                  "interrupted", "_wait")
 
     def __init__(self, kernel: Kernel | None = None, module: LoadedModule | None = None) -> None:
@@ -43,7 +43,7 @@ class Thread:
         self.memory: UserMemory | None = None  # the caller's address space, where reachable
         # Called before this thread may block (sleep, a busy device lock): the
         # transport lets another thread take new requests meanwhile.
-        self.blocking: Callable[[], None] | None = None
+        self.before_block: Callable[[], None] | None = None
         self.interrupted = 0  # errno that ends any sleep of this thread (EINTR, ENXIO)
         self._wait: threading.Event | None = None
 
@@ -108,31 +108,38 @@ _sleepq = _SleepQueue()
 def sleep(chan: Hashable, timeout: float | None = None, lock: Any = None) -> bool:
     """Sleep on `chan` until wakeup(chan), for at most `timeout` seconds (tsleep/msleep(9)).
 
-    Releases `lock`, or the device lock this operation holds, while asleep and
-    retakes it before returning.  Returns True when woken, False on timeout.
+    Releases the device lock this operation holds and `lock` (a Mutex, or any
+    lock with acquire/release) while asleep, and retakes both, the device lock
+    first, before returning.  Returns True when woken, False on timeout.
     Raises OSError(EAGAIN) at once for an O_NONBLOCK caller, OSError(EINTR) when
     the caller is interrupted by a signal, OSError(ENXIO) when the device is
-    destroyed under the sleeper.  Like any sleeper, re-check the condition after.
+    destroyed under the sleeper (or its module unloads, in a kthread).  Like any
+    sleeper, re-check the condition after.
     """
     td = _curthread.get() or Thread()
     if td.nonblock:
         raise OSError(errno.EAGAIN, "operation would block", None)
-    held = lock if lock is not None else td.lock
+    outer = td.lock
+    inner = lock if lock is not outer else None
     event = threading.Event()
     td._wait = event
     _sleepq.add(chan, event)
     try:
         if td.interrupted:
             raise OSError(td.interrupted, "sleep interrupted", None)
-        if td.blocking is not None:
-            td.blocking()
-        if held is not None:
-            held.release()
+        if td.before_block is not None:
+            td.before_block()
+        if inner is not None:
+            inner.release()
+        if outer is not None:
+            outer.release()
         try:
             woken = event.wait(timeout)
         finally:
-            if held is not None:
-                held.acquire()
+            if outer is not None:
+                outer.acquire()
+            if inner is not None:
+                inner.acquire()
     finally:
         _sleepq.remove(chan, event)
         td._wait = None

@@ -21,8 +21,11 @@ class UserMemory(Protocol):
     def write(self, addr: int, data: bytes) -> None: ...
 
 
-class NeedIovecs(Exception):
-    """Raised through a driver when it touched caller memory not fetched yet."""
+class NeedIovecs(BaseException):
+    """Raised through a driver when it touched caller memory not fetched yet.
+
+    A BaseException, like KeyboardInterrupt: a driver's defensive `except
+    Exception:` must not turn the kernel's retry into the driver's own error."""
 
     def __init__(self, reads: list[Iovec]) -> None:
         super().__init__(f"need caller memory: {reads}")

@@ -61,13 +61,18 @@ class Uio:
     # -- reads: driver -> caller ------------------------------------------------
 
     def uiomove(self, data: Buffer) -> int:
-        """Move the start of `data` to the caller, at most resid bytes (uiomove(9)).
+        """uiomove(9): move between `data` and the caller, in this uio's direction, at
+        most resid bytes; for stream devices, where the caller's offset means nothing.
 
-        For stream devices, where the caller's offset means nothing.  Returns the
-        count moved.
+        A read moves the start of `data` out to the caller; a write copies the
+        caller's next bytes into `data` (a bytearray or writable memoryview) from
+        its start.  Returns the count moved.
         """
-        if self.rw is not _READ:
-            self._wrong_way()
+        if self.rw is _WRITE:
+            if isinstance(data, bytes) or (type(data) is memoryview and data.readonly):
+                raise TypeError("uiomove on a write copies into `data`: pass a bytearray or writable memoryview")
+            target = _bytes_view(data)
+            return self.move_into(target, 0, len(target))  # type: ignore[arg-type]
         data = _bytes_view(data)
         count = min(len(data), self.resid)
         if count:
@@ -111,7 +116,7 @@ class Uio:
     # -- writes: caller -> driver -----------------------------------------------
 
     def move_in(self, limit: int | None = None) -> bytes:
-        """Take the caller's next bytes, all that remain or at most `limit`."""
+        """Take the caller's next bytes, all that remain or at most `limit` (a write only)."""
         count = self._take(limit)
         pos = self._pos - count
         return self._data[pos : pos + count].tobytes()

@@ -8,16 +8,12 @@ Operations raise OSError(errno.X) to fail; anything else is a driver fault.
 
 from __future__ import annotations
 
-import errno
-import select
 from typing import ClassVar
 
-from pykld.kernel.devfs import Cdev
+from pykld.kernel.devfs import Cdev, no_ioctl, no_poll, no_read, no_write
 from pykld.kernel.file import OpenFile
 from pykld.kernel.sched import curthread
 from pykld.kernel.uio import Uio
-
-_ALWAYS_READY = select.POLLIN | select.POLLOUT | select.POLLRDNORM | select.POLLWRNORM
 
 
 class CharacterDevice:
@@ -35,20 +31,21 @@ class CharacterDevice:
         """That open is closed (called once per open)."""
 
     def read(self, file: OpenFile, uio: Uio) -> None:
-        raise OSError(errno.ENODEV, "device does not support read", None)
+        no_read(file, uio)
 
     def write(self, file: OpenFile, uio: Uio) -> None:
-        raise OSError(errno.ENODEV, "device does not support write", None)
+        no_write(file, uio)
 
     def ioctl(self, file: OpenFile, cmd: int, data: bytearray | int) -> int | None:
         """`data` is the argument buffer for sized commands (changes to it are copied
         out for _IOR/_IOWR), or the plain integer argument for _IO commands."""
-        raise OSError(errno.ENOTTY, f"inappropriate ioctl {cmd:#x} for device", None)
+        no_ioctl(file, cmd, data)
+        return None
 
     def poll(self, file: OpenFile, events: int) -> int:
         """Return the ready subset of `events`; when none is ready, selrecord() the
         condition that selwakeup() will signal."""
-        return events & _ALWAYS_READY
+        return no_poll(file, events)
 
 
 def make_dev(device: CharacterDevice, name: str, uid: int = 0, gid: int = 0, mode: int = 0o600) -> Cdev:

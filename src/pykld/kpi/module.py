@@ -6,9 +6,17 @@ from typing import ClassVar
 
 from pykld.kernel.modules import ModuleEvent
 
+_HANDLERS = {
+    ModuleEvent.LOAD: "load",
+    ModuleEvent.UNLOAD: "unload",
+    ModuleEvent.QUIESCE: "quiesce",
+    ModuleEvent.SHUTDOWN: "shutdown",
+}
+
 
 class Module:
-    """A loadable module.  Subclass once per driver file and set `name`.
+    """A loadable module.  Subclass it in a driver file and set `name`; the file's
+    module is its leaf module class (helper base classes may sit beside it).
 
     LOAD runs `load()`; a LOAD that raises leaves nothing behind.  QUIESCE runs
     `quiesce()`, which may veto an unload by raising OSError(EBUSY) (a forced
@@ -21,13 +29,9 @@ class Module:
     name: ClassVar[str] = ""
 
     def modevent(self, event: ModuleEvent) -> None:
-        handler = {
-            ModuleEvent.LOAD: self.load,
-            ModuleEvent.UNLOAD: self.unload,
-            ModuleEvent.QUIESCE: self.quiesce,
-            ModuleEvent.SHUTDOWN: self.shutdown,
-        }[event]
-        handler()
+        # Looked up on the class, not the instance: driver state named like an
+        # event (`self.shutdown = True`) must not replace the handler.
+        getattr(type(self), _HANDLERS[event])(self)
 
     def load(self) -> None:
         pass

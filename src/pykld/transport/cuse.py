@@ -79,8 +79,8 @@ class CuseHandler(FileOps):
         # move it, as they move f_pos on a character device.
         self.positions = {}
 
-    def forget(self, fh: int) -> None:
-        super().forget(fh)
+    def drop_open_state(self, fh: int) -> None:
+        super().drop_open_state(fh)
         for key in [k for k in (*self._rounds, *self._finished) if k[0] == fh]:
             self._rounds.pop(key, None)
             self._finished.pop(key, None)

@@ -83,7 +83,7 @@ class FileOps:
     def _thread(self, unique: int) -> Thread:
         """The kernel thread for request `unique`, findable by FUSE_INTERRUPT."""
         td = Thread()
-        td.blocking = self._ensure_reader
+        td.before_block = self._ensure_reader
         self._inflight[unique] = td
         if self._early:
             with self._early_lock:
@@ -103,7 +103,7 @@ class FileOps:
 
     def open_cdev(self, req: Request, cdev: Cdev, flags: int) -> tuple[int, OpenFile]:
         """Open `cdev` for the caller of `req`; the kernel checked permissions already."""
-        file = self._serve(req, self.kernel.open_file, cdev, flags, req.uid, (req.gid,), req.pid, False)
+        file = self._serve(req, self.kernel.open_cdev, cdev, flags, req.uid, (req.gid,), req.pid, False)
         fh = next(self._fhs)
         self.files[fh] = file
         return fh, file
@@ -199,7 +199,7 @@ class FileOps:
         raise OSError(errno.ENOSYS, "flush is not needed", None)
 
     def do_release(self, req: Request) -> Reply:
-        self.forget(req.args.fh)
+        self.drop_open_state(req.args.fh)
         file = self.files.pop(req.args.fh, None)
         if file is not None:
             try:
@@ -208,7 +208,7 @@ class FileOps:
                 self.log(f"close of {file.cdev.path} failed: {exc}")
         return reply.empty(req.unique)
 
-    def forget(self, fh: int) -> None:
+    def drop_open_state(self, fh: int) -> None:
         """The open `fh` is gone: drop what is kept for it."""
         if self.positions is not None:
             self.positions.pop(fh, None)

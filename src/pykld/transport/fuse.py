@@ -281,9 +281,11 @@ class FuseTransport:
 
     def settle(self, timeout: float = 10.0) -> None:
         """Wait until /dev reflects every make_dev and destroy_dev so far."""
-        deadline = time.monotonic() + timeout
-        while self._events.unfinished_tasks and time.monotonic() < deadline:
-            time.sleep(0.005)
+        events = self._events
+        with events.all_tasks_done:  # what Queue.join waits on, with a bound
+            if events.all_tasks_done.wait_for(lambda: not events.unfinished_tasks, timeout):
+                return
+        self.kernel.printf("kernel", f"fuse: {events.unfinished_tasks} devfs change(s) not in /dev after {timeout}s")
 
     def stop(self) -> None:
         """Unpublish everything and unmount (modules are the kernel's to unload).

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pykld import commands
-from pykld import run as runner
+from pykld.kld import commands
+from pykld.kld import run as runner
 from pykld.transport.registry import TRANSPORTS
 
 
@@ -16,19 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="load a module and serve its devices in the foreground")
     run.add_argument("module", help="a driver file (examples/hello.py) or a module name")
-    run.add_argument("--transport", choices=TRANSPORTS, help="default: the best available")
-    run.add_argument("--dev-dir", help="where the FUSE devfs is mounted (default /run/pykld/dev)")
-    run.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
+    _add_publishing(run, "/run/pykld/dev")
     run.add_argument("--demo", action="store_true",
                      help='write "hi rust" to the first device and read it back, then keep serving')
     _add_kld_commands(sub)
     return parser
 
 
-def _add_publishing(parser: argparse.ArgumentParser) -> None:
-    """How a daemon publishes devices; used when the command starts it."""
+def _add_publishing(parser: argparse.ArgumentParser, dev_dir: str = "the runtime directory's dev/") -> None:
+    """How devices are published: by `run`, and by a daemon that the command starts."""
     parser.add_argument("--transport", choices=TRANSPORTS, help="default: the best available")
-    parser.add_argument("--dev-dir", help="where the FUSE devfs is mounted (default: the runtime directory's dev/)")
+    parser.add_argument("--dev-dir", help=f"where the FUSE devfs is mounted (default: {dev_dir})")
     parser.add_argument("--no-bind", action="store_true", help="do not bind-mount devices at /dev/NAME")
 
 

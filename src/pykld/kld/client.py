@@ -11,8 +11,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from pykld import control, rundir
-from pykld.daemon import EXIT_ALREADY_RUNNING
+from pykld.kld import control, rundir
 
 CALL_TIMEOUT = 120.0  # seconds: a driver's LOAD may take its time, but not forever
 START_TIMEOUT = 20.0  # seconds for a new daemon to answer on its socket
@@ -120,7 +119,7 @@ def start_daemon(transport: str | None, dev_dir: str | None, bind: bool) -> dict
             pass
         status = daemon.poll()
         # EXIT_ALREADY_RUNNING: a daemon started at the same moment won; wait for it instead.
-        if status is not None and status != EXIT_ALREADY_RUNNING:
+        if status is not None and status != control.EXIT_ALREADY_RUNNING:
             raise OSError(errno.EIO, f"the daemon exited with status {status}; {log} ends:\n{_tail(log)}", None)
         if time.monotonic() > deadline:
             raise OSError(errno.ETIMEDOUT, f"the daemon did not answer within {START_TIMEOUT:.0f}s; see {log}", None)

@@ -29,12 +29,11 @@ import threading
 import traceback
 from typing import Any, TextIO
 
-from pykld import control, rundir
-from pykld.handlers import Handlers
 from pykld.kernel.kernel import Kernel
+from pykld.kld import control, rundir
+from pykld.kld.service import Service
 from pykld.transport import registry
 
-EXIT_ALREADY_RUNNING = 3  # tells a starting client that another daemon won the race
 MAX_CONNECTIONS = 16  # connection threads; one more client is told EAGAIN
 POLL = 0.5  # seconds: how often a waiting connection thread looks at `stopping`
 IDLE_TIMEOUT = 30.0  # seconds a client may sit on a half-sent or absent request
@@ -135,7 +134,7 @@ class Daemon:
         self.listener: socket.socket | None = None
         self.socket_path = rundir.socket_path(self.run_dir)
         self.lock: PidLock | None = None
-        self.handlers: Handlers | None = None
+        self.service: Service | None = None
         self.teardown_failure: str | None = None  # what the shutdown could not undo
 
     def say(self, text: str) -> None:
@@ -150,11 +149,11 @@ class Daemon:
             self.lock = PidLock(rundir.lock_path(self.run_dir))
         except AlreadyRunning as exc:
             self.say(exc.strerror or str(exc))
-            return EXIT_ALREADY_RUNNING
+            return control.EXIT_ALREADY_RUNNING
         try:
             publisher, how = choose_transport(self.kernel, self.wanted_transport, self.dev_dir, self.bind)
             publisher.start()  # clears a killed daemon's stale mounts and /dev entries
-            self.handlers = Handlers(self.kernel, publisher, self.stopping)
+            self.service = Service(self.kernel, publisher, self.stopping)
             self.listener = listen(self.socket_path)
             self._catch_signals()
             self.say(f"pid {os.getpid()}, transport {publisher.name} ({how}), socket {self.socket_path}")
@@ -192,17 +191,17 @@ class Daemon:
             if self.listener is not None:
                 self.listener.close()
                 _unlink_if_socket(self.socket_path)
-            if self.handlers is not None:
-                registry_free = self.handlers.registry.acquire(timeout=10)  # a running load finishes first
+            if self.service is not None:
+                registry_free = self.service.registry.acquire(timeout=10)  # a running load finishes first
                 try:
                     self.kernel.shutdown()
                 except Exception:
                     self.say("shutdown of the modules failed:\n" + traceback.format_exc())
                 finally:
                     if registry_free:
-                        self.handlers.registry.release()
+                        self.service.registry.release()
                 try:
-                    self.handlers.publisher.stop()
+                    self.service.publisher.stop()
                 except OSError as exc:  # what could not be undone, in its own words
                     self.teardown_failure = exc.strerror or str(exc)
                     self.say(f"stopping the transport failed: {self.teardown_failure}")
@@ -323,13 +322,13 @@ class Daemon:
         return _send_quietly(conn, self._answer(req))
 
     def _answer(self, req: control.Request) -> dict[str, Any]:
-        assert self.handlers is not None
+        assert self.service is not None
         try:
             if req.op == "load":
-                return control.ok(**self.handlers.load(req.args["target"], req.args["transport"]))
+                return control.ok(**self.service.load(req.args["target"], req.args["transport"]))
             if req.op == "unload":
-                return control.ok(**self.handlers.unload(req.args["target"], req.args["force"]))
-            return control.ok(**self.handlers.stat(req.args["verbose"]))
+                return control.ok(**self.service.unload(req.args["target"], req.args["force"]))
+            return control.ok(**self.service.stat(req.args["verbose"]))
         except OSError as exc:
             return control.error_from(exc)
         except BaseException as exc:  # a driver raising SystemExit or KeyboardInterrupt included
@@ -339,8 +338,8 @@ class Daemon:
     def _dmesg(self, conn: socket.socket, follow: bool) -> None:
         """The message buffer as a stream of replies; when following, new lines as they come
         until the client goes away or the daemon stops."""
-        assert self.handlers is not None
-        seq, chunks = self.handlers.dmesg()
+        assert self.service is not None
+        seq, chunks = self.service.dmesg()
         for lines in chunks:
             if not _send_quietly(conn, control.ok(lines=lines, end=False)):
                 return
@@ -348,7 +347,7 @@ class Daemon:
             _send_quietly(conn, control.ok(lines=[], end=True))
             return
         while not self.stopping.is_set() and not _peer_closed(conn):
-            seq, chunks = self.handlers.dmesg_after(seq, POLL)
+            seq, chunks = self.service.dmesg_after(seq, POLL)
             for lines in chunks:
                 if lines and not _send_quietly(conn, control.ok(lines=lines, end=False)):
                     return

@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from pykld import client, rundir
 from pykld.kernel import modules
+from pykld.kld import client, rundir
 
 # Where Linux's wording differs from what a FreeBSD user knows.
 FREEBSD_STRERROR = {
@@ -55,11 +55,7 @@ def resolve_target(target: str) -> str:
     Any other name is left for the daemon to look up."""
     if target.endswith(".py") or os.sep in target:
         return os.path.abspath(target)
-    for directory in modules.module_path():
-        candidate = directory / f"{target}.py"
-        if candidate.is_file():
-            return str(candidate.resolve())
-    return target
+    return modules.find_in_path(target) or target
 
 
 # -- the commands ---------------------------------------------------------------------------
@@ -179,7 +175,7 @@ def shutdown() -> int:
 
 def daemon(transport: str | None, dev_dir: str | None, bind: bool, foreground: bool) -> int:
     if foreground:
-        from pykld import daemon as server
+        from pykld.kld import daemon as server
 
         return server.main(transport, dev_dir, bind)
     try:

@@ -1,6 +1,6 @@
 """What the daemon does for each control request: Kernel calls in, reply fields out.
 
-Handlers raise OSError for what the caller should hear as an errno; the
+Its methods raise OSError for what the caller should hear as an errno; the
 daemon turns anything else into EIO, so no request can take the daemon down.
 """
 
@@ -22,7 +22,7 @@ DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.M
 MAX_LINE = 16 * 1024  # a longer printf is cut, so one line always fits a reply
 
 
-class Handlers:
+class Service:
     def __init__(self, kernel: Kernel, publisher: Transport, stopping: threading.Event) -> None:
         self.kernel = kernel
         self.publisher = publisher

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 MAX_MESSAGE = 1 << 20
+EXIT_ALREADY_RUNNING = 3  # a starting daemon's exit status: another daemon won the race
 HEADER = struct.Struct(">I")
 _REQUIRED = object()
 
