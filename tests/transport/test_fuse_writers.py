@@ -15,12 +15,15 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 from collections.abc import Iterator
 
 import pytest
 
 from pykld import Kernel
-from pykld.transport.fuse import FuseTransport
+from pykld.fuse import abi
+from pykld.fuse.request import Init, Request
+from pykld.transport.fuse import DevfsHandler, FuseTransport
 
 from .conftest import EXAMPLES, require, wait_for
 
@@ -100,7 +103,17 @@ def fifo(fuse: tuple[Kernel, FuseTransport]) -> tuple[Kernel, str]:
 
 def test_writer_behind_a_sleeping_writer_gets_eintr_and_can_be_killed(fifo: tuple[Kernel, str]) -> None:
     """The reproduction of issue 15."""
-    kernel, path = fifo
+    writer_behind_a_sleeping_writer_gets_eintr_and_can_be_killed(*fifo)
+
+
+def test_several_writers_wait_in_the_driver_each_interruptible(fifo: tuple[Kernel, str]) -> None:
+    several_writers_wait_in_the_driver_each_interruptible(*fifo)
+
+
+# The checks, shared with tests/cuse (CUSE takes no lock around a write; the two must agree).
+
+
+def writer_behind_a_sleeping_writer_gets_eintr_and_can_be_killed(kernel: Kernel, path: str) -> None:
     filler = start(f"import os; print(os.write(os.open({path!r}, os.O_WRONLY), b'x' * {2 * CAPACITY}))")
     assert wait_for(lambda: in_driver(kernel) == 1)  # A filled the fifo and sleeps in the driver
     b = start_writer(path, "y")
@@ -117,8 +130,7 @@ def test_writer_behind_a_sleeping_writer_gets_eintr_and_can_be_killed(fifo: tupl
     assert filler.communicate(timeout=10)[0].strip() == str(2 * CAPACITY)
 
 
-def test_several_writers_wait_in_the_driver_each_interruptible(fifo: tuple[Kernel, str]) -> None:
-    kernel, path = fifo
+def several_writers_wait_in_the_driver_each_interruptible(kernel: Kernel, path: str) -> None:
     fd = os.open(path, os.O_WRONLY)
     assert os.write(fd, b"a" * CAPACITY) == CAPACITY  # full
     os.close(fd)
@@ -201,3 +213,15 @@ def test_stream_size_hides_no_seek(fifo: tuple[Kernel, str]) -> None:
         writer.send_signal(signal.SIGUSR1)
         assert writer.communicate(timeout=5)[0].split() == ["-1", str(errno.EINTR)]
     assert drain(path, CAPACITY) == b"a" * CAPACITY
+
+
+@pytest.mark.parametrize(("minor", "parallel"), [(37, False), (38, True)])
+def test_mount_says_when_the_kernel_serialises_writers(minor: int, parallel: bool) -> None:
+    """Linux 6.1 (FUSE 7.37) cannot run a file's writers in parallel: dmesg says so at INIT."""
+    kernel = Kernel()
+    handler = DevfsHandler(kernel)
+    handler.session = types.SimpleNamespace()  # type: ignore[assignment]
+    handler.do_init(Request(abi.Opcode.INIT, 1, 0, 0, 0, 0, Init(7, minor, 0, 0)))
+    assert handler.parallel_writes is parallel
+    said = [line for line in kernel.dmesg() if "serialises the writes to each device" in line]
+    assert len(said) == (0 if parallel else 1)
