@@ -127,7 +127,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, help="rounds (default 7, --quick 3)")
     parser.add_argument("--writers", type=int, default=32)
     parser.add_argument("--readers", type=int, default=8)
-    parser.add_argument("--records", type=int, default=200, help="records per writer")
+    parser.add_argument("--records", type=int, default=1000, help="records per writer")
     parser.add_argument("--size", type=int, default=256, help="bytes per record")
     parser.add_argument("--capacity", type=int, default=65536,
                         help="pykld fifo capacity, bytes (a Linux pipe holds 64 KiB)")
