@@ -99,10 +99,12 @@ def drain(path: str, count: int) -> bytes:
 @pytest.fixture
 def fifo(fuse: tuple[Kernel, FuseTransport]) -> tuple[Kernel, str]:
     kernel, transport = fuse
+    kernel.kldload(str(EXAMPLES / "fifo.py"))
+    path = transport.device_path("fifo")
+    os.stat(path)  # waits for the kernel's INIT, which says whether it can
     require("PARALLEL_WRITES", transport.handler.parallel_writes,
             "this kernel's FUSE serialises the writes to one file (FUSE 7.38, Linux 6.2, lifts it)")
-    kernel.kldload(str(EXAMPLES / "fifo.py"))
-    return kernel, transport.device_path("fifo")
+    return kernel, path
 
 
 def test_writer_behind_a_sleeping_writer_gets_eintr_and_can_be_killed(fifo: tuple[Kernel, str]) -> None:
