@@ -117,10 +117,21 @@ class FileOps:
         deadlock a process that serves FUSE itself: a child it spawns closes the
         inherited descriptors, each close sends FLUSH, and on CPython before
         3.11.4 (Debian 12's 3.11.2) the parent holds the GIL through vfork() until
-        the child execs, so no server thread can answer (gh-104372)."""
+        the child execs, so no server thread can answer (gh-104372).
+
+        FOPEN_PARALLEL_DIRECT_WRITES, for streams: FUSE holds the file's inode lock
+        through every WRITE round trip, exclusively unless this flag is set and the
+        write ends within the file's size (fs/fuse/file.c, fuse_dio_lock; Linux >= 6.2).
+        Held exclusively, one writer asleep in the driver keeps every other writer
+        waiting for the lock in uninterruptible sleep.  Streams report a size no write
+        reaches (fuse.STREAM_SIZE), so their writers share the lock and each reaches
+        the driver, where a signal interrupts it.  CUSE takes no lock at all.
+        Seekable devices report size 0 (lseek SEEK_END must stay where it is), so
+        their writes "extend" the file and stay serialised."""
         if cdev.seekable:
             return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH
-        return abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH | abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM
+        return (abi.FOPEN_DIRECT_IO | abi.FOPEN_NOFLUSH | abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM
+                | abi.FOPEN_PARALLEL_DIRECT_WRITES)
 
     # -- handlers -----------------------------------------------------------------------
 

@@ -31,8 +31,17 @@ if TYPE_CHECKING:
 ROOT = abi.FUSE_ROOT_ID
 MAX_WRITE = 1 << 20  # one request carries up to 1 MiB
 TIMEOUT = 1.0  # seconds the kernel may cache names and attributes
-INIT_FLAGS = (abi.FUSE_ASYNC_READ | abi.FUSE_ATOMIC_O_TRUNC | abi.FUSE_BIG_WRITES | abi.FUSE_MAX_PAGES
-              | abi.FUSE_PARALLEL_DIROPS)
+# No FUSE_ATOMIC_O_TRUNC: with it the kernel answers a truncating open (a shell's `>`)
+# itself by setting the file's size to 0, and every later write to a stream would "extend"
+# it and take the inode lock exclusively again (see FileOps.open_flags).  Without it the
+# kernel asks us (SETATTR), and we answer with the device's size.
+INIT_FLAGS = abi.FUSE_ASYNC_READ | abi.FUSE_BIG_WRITES | abi.FUSE_MAX_PAGES | abi.FUSE_PARALLEL_DIROPS
+# The size a stream reports: no write reaches past it, so FUSE lets writers run in
+# parallel.  Streams have no position (lseek and pread are ESPIPE), so programs that
+# size their reads by st_size after checking that the file seeks never use it.
+STREAM_SIZE = (1 << 63) - 1
+STREAM_BLOCKS = STREAM_SIZE // 512 + 1  # not sparse: cp would try SEEK_DATA on it, and fail
+PARALLEL_WRITES_MINOR = 38  # FUSE 7.38, Linux 6.2: FOPEN_PARALLEL_DIRECT_WRITES
 DEFAULT_DEV_DIR = "/run/pykld/dev"
 
 
@@ -63,6 +72,7 @@ class DevfsHandler(FileOps):
                         op.SYMLINK, op.LINK, op.SETXATTR, op.REMOVEXATTR):
             self.table[refused] = self.do_refuse
         self.destroyed = threading.Event()
+        self.parallel_writes = False  # whether the kernel lets writers of one stream run in parallel
 
     # -- the node table ----------------------------------------------------------------
 
@@ -92,8 +102,9 @@ class DevfsHandler(FileOps):
     @staticmethod
     def _cdev_attr(cdev: Cdev) -> reply.Attr:
         created = _ns(cdev.created)
-        return reply.Attr(ino=cdev.ino, mode=stat.S_IFREG | cdev.mode, nlink=1, uid=cdev.uid,
-                          gid=cdev.gid, atime=created, mtime=created, ctime=created)
+        size, blocks = (0, 0) if cdev.seekable else (STREAM_SIZE, STREAM_BLOCKS)
+        return reply.Attr(ino=cdev.ino, size=size, blocks=blocks, mode=stat.S_IFREG | cdev.mode, nlink=1,
+                          uid=cdev.uid, gid=cdev.gid, atime=created, mtime=created, ctime=created)
 
     def _attr(self, nodeid: int) -> reply.Attr:
         cdev = self._cdevs.get(nodeid)
@@ -120,6 +131,12 @@ class DevfsHandler(FileOps):
     def do_init(self, req: Request) -> Reply:
         minor = negotiate_minor(req.args)
         self.session.minor = minor
+        self.parallel_writes = req.args.minor >= PARALLEL_WRITES_MINOR
+        if not self.parallel_writes:
+            self.log(f"fuse: this kernel speaks FUSE 7.{req.args.minor}, which serialises the writes to"
+                     " each device: a writer waiting behind one asleep in its driver cannot be"
+                     " interrupted, or killed, until that one returns (parallel writes need FUSE"
+                     f" 7.{PARALLEL_WRITES_MINOR}, Linux 6.2; CUSE has no such limit)")
         return reply.init(req.unique, minor=minor, max_readahead=req.args.max_readahead,
                           flags=INIT_FLAGS & req.args.flags, max_background=64,
                           congestion_threshold=48, max_write=MAX_WRITE)
