@@ -128,10 +128,17 @@ class Rig:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.tally = Tally()
-        os.environ.setdefault("PYKLD_MEMBUF_LIMIT", str(1 << 20))  # generated sizes hit the limit
         self.kernel = Kernel()
-        for name in ("hello", "membuf", "fifo"):
-            self.kernel.kldload(str(EXAMPLES / f"{name}.py"))
+        before = os.environ.get("PYKLD_MEMBUF_LIMIT")
+        os.environ["PYKLD_MEMBUF_LIMIT"] = str(1 << 20)  # generated sizes hit the limit
+        try:
+            for name in ("hello", "membuf", "fifo"):
+                self.kernel.kldload(str(EXAMPLES / f"{name}.py"))
+        finally:
+            if before is None:
+                del os.environ["PYKLD_MEMBUF_LIMIT"]
+            else:
+                os.environ["PYKLD_MEMBUF_LIMIT"] = before
         fuse = DevfsHandler(self.kernel)
         for cdev in self.kernel.devfs:
             fuse.track("create", cdev)
