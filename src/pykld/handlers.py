@@ -16,7 +16,9 @@ from typing import Any
 
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
+from pykld.kernel.modules import resolve
 from pykld.transport.registry import Transport
+from pykld.trust import trusted_module_file
 
 DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.MAX_MESSAGE
 MAX_LINE = 16 * 1024  # a longer printf is cut, so one line always fits a reply
@@ -36,7 +38,7 @@ class Handlers:
             raise OSError(errno.EINVAL, f"the daemon publishes over {self.publisher.name}, not {transport}; "
                           "`pykld shutdown` first to change the transport", None)
         with self._registry_open():
-            module_id = self.kernel.kldload(target)
+            module_id = self.kernel.kldload(trusted_module_file(resolve(target)))
             self.publisher.settle()  # /dev entries exist before the caller hears "loaded"
             record = self.kernel.module(module_id)
             return {"id": record.id, "name": record.name, "path": record.path, "transport": self.publisher.name,
