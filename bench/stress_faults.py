@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common import pykld_command
-from stress_host import EXAMPLES, Host, process_resources, unmount
+from stress_host import EXAMPLES, Host, gather, process_resources, reap, unmount
 from stress_load import UNIT, _unit
 
 KILL_BOUND = 1.0  # seconds within which every caller must hear that the host is gone
@@ -68,16 +68,8 @@ def sigkill(log: Any) -> dict[str, Any]:
         time.sleep(1.0)
         killed = time.monotonic()
         host.kill()
-        results = []
-        with contextlib.suppress(Exception):
-            while len(results) < len(procs):
-                results.append(out.get(timeout=5))
-        for proc in procs:
-            proc.join(2)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        results = gather(out, len(procs), 5)
+        hung = reap(procs, 2)
         # The next start on the same devfs clears the dead mount and serves again.
         restarted = time.monotonic()
         again = Host(str(EXAMPLES / "fifo.py"), "stress-kill", dev_dir=host.dev_dir).start("fifo")
@@ -151,16 +143,8 @@ def forced_unload(log: Any) -> dict[str, Any]:
         time.sleep(1.0)
         during = process_resources(daemon.pid)
         unloads = {m: daemon("unload", "-f", m).returncode for m in ("fifo", "membuf")}
-        results = []
-        with contextlib.suppress(Exception):
-            while len(results) < len(procs):
-                results.append(out.get(timeout=10))
-        for proc in procs:
-            proc.join(5)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        results = gather(out, len(procs), 10)
+        hung = reap(procs, 5)
         time.sleep(1.0)  # idle session threads park or leave
         after = process_resources(daemon.pid)
         stat = json.loads(daemon("stat", "--json").stdout or "{}")
@@ -234,20 +218,11 @@ def signal_storm(readers: int, units_each: int, signals: int, log: Any) -> dict[
             os.write(fd, b"".join(_unit(0, s) for s in range(seq, min(seq + 4, total))))
             if seq % 64 == 0:
                 time.sleep(0.002)  # let the readers block again between bursts
-        results = {}
-        with contextlib.suppress(Exception):
-            while len(results) < readers:
-                index, result = out.get(timeout=30)
-                results[index] = result
+        results = dict(gather(out, readers, 30))
         stop.set()
         stormer.join(5)
         os.close(fd)
-        for proc in procs:
-            proc.join(5)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        hung = reap(procs, 5)
     finally:
         host.stop()
     seqs = sorted(s for r in results.values() for s in r["seqs"])
@@ -359,16 +334,9 @@ def bad_drivers(log: Any) -> dict[str, Any]:
         for proc in procs:
             proc.start()
         during = _latencies(host.path("good"), 2000)
-        results = []
-        with contextlib.suppress(Exception):
-            while len(results) < len(procs):
-                results.append(out.get(timeout=15))
-        for proc in procs:
-            proc.join(5)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in [*procs, hang]:
-            if proc.is_alive():
-                proc.kill()
+        results = gather(out, len(procs), 15)
+        hung = reap(procs, 5)
+        reap([hang], 0)  # stuck in the driver, as it should be
         alive = host.daemon.proc is not None and host.daemon.proc.poll() is None
     finally:
         host.stop()

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import signal
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from common import ROOT, DaemonProcess, pykld_command
 
@@ -83,6 +85,25 @@ def process_resources(pid: int) -> dict[str, int]:
         status[key] = value.strip()
     return {"threads": int(status["Threads"]), "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "rss_kib": int(status["VmRSS"].split()[0])}
+
+
+def gather(out: Any, count: int, timeout: float) -> list[Any]:
+    """Up to `count` results from the clients' queue, waiting at most `timeout` seconds for each."""
+    results: list[Any] = []
+    with contextlib.suppress(queue.Empty):
+        while len(results) < count:
+            results.append(out.get(timeout=timeout))
+    return results
+
+
+def reap(procs: list[Any], timeout: float) -> int:
+    """Join the client processes; those still alive after `timeout` seconds are hung: killed and counted."""
+    for proc in procs:
+        proc.join(timeout)
+    hung = [proc for proc in procs if proc.is_alive()]
+    for proc in hung:
+        proc.kill()
+    return len(hung)
 
 
 def wait_until(predicate: object, timeout: float, interval: float = 0.02) -> bool:

@@ -21,7 +21,7 @@ import struct
 import time
 from typing import Any
 
-from stress_host import EXAMPLES, Host
+from stress_host import EXAMPLES, Host, gather, reap
 
 UNIT = struct.Struct("<HIH")  # writer, sequence, check
 END = 0xFFFF  # the writer id of no writer
@@ -104,20 +104,12 @@ def run_fifo(processes: int, ops: int, log: Any) -> dict[str, Any]:
         for proc in procs:
             proc.start()
         results: dict[str, dict[int, Any]] = {"writer": {}, "reader": {}}
-        deadline = time.monotonic() + 600
-        while len(results["writer"]) < writers and time.monotonic() < deadline:
-            kind, index, result = out.get(timeout=600)
+        for kind, index, result in gather(out, writers, 600):  # readers report only once writers are done
             results[kind][index] = result
         done.set()
-        while len(results["reader"]) < readers and time.monotonic() < deadline:
-            kind, index, result = out.get(timeout=60)
+        for kind, index, result in gather(out, readers, 60):
             results[kind][index] = result
-        for proc in procs:
-            proc.join(10)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        hung = reap(procs, 10)
         resources = host.resources()
     finally:
         host.stop()
@@ -193,19 +185,8 @@ def run_membuf(processes: int, ops: int, log: Any) -> dict[str, Any]:
                  for i in range(processes)]
         for proc in procs:
             proc.start()
-        results = {}
-        try:
-            while len(results) < processes:
-                index, result = out.get(timeout=600)
-                results[index] = result
-        except Exception as exc:  # queue.Empty: a client hung
-            log(f"membuf: {exc!r}")
-        for proc in procs:
-            proc.join(10)
-        hung = sum(proc.is_alive() for proc in procs)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
+        results = dict(gather(out, processes, 600))
+        hung = reap(procs, 10)
         resources = host.resources()
     finally:
         host.stop()
