@@ -142,13 +142,13 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
     faults = results.get("faults")
     if faults:
         k = faults["sigkill"]
-        add(f"SIGKILL of the host under load: {k['callers']} callers", k["errnos"], "ENOTCONN/ECONNABORTED",
+        add(f"SIGKILL of the host under load: {k['callers']} callers", _counts(k["errnos"]), "ENOTCONN/ECONNABORTED",
             set(k["errnos"]) <= {"ENOTCONN", "ECONNABORTED", "ENODEV"})
         add("  slowest caller to hear it, s", k["slowest_s"], "≤ 1", k["within_bound"] == k["callers"])
         add("  callers hung; next start recovered", f"{k['hung'] + k['unanswered']}; {k['recovered']}", "0; True",
             k["hung"] + k["unanswered"] == 0 and k["recovered"])
         u = faults["forced_unload"]
-        add(f"kldunload -f under load: {u['callers']} callers", u["errnos"], "ENXIO, close works",
+        add(f"kldunload -f under load: {u['callers']} callers", _counts(u["errnos"]), "ENXIO, close works",
             set(u["errnos"]) == {"ENXIO"} and u["closed_ok"] == u["callers"])
         add("  hung; modules left; daemon threads before/load/after",
             f"{u['hung']}; {u['modules_left']}; {u['threads']['before']}/{u['threads']['under_load']}/"
@@ -164,11 +164,12 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
         eio = all(v == "EIO" for k2, v in b["outcomes"].items() if k2.split()[1] != "poll"
                   and k2.split()[0] in ("raises", "garbage"))
         add("drivers that raise / return garbage: read, write, ioctl", "EIO" if eio else b["outcomes"], "EIO", eio)
-        add("  their poll", sorted({v for k2, v in b["outcomes"].items() if k2.endswith("poll")}), "POLLERR (8)",
-            all("8)" in v for k2, v in b["outcomes"].items() if k2.endswith("poll")))
-        add("driver that sleeps for ever: caller after a signal", sorted({v for k2, v in b["outcomes"].items()
-                                                                          if k2.startswith("sleeps")}), "EINTR",
-            all(v == "EINTR" for k2, v in b["outcomes"].items() if k2.startswith("sleeps")))
+        polls = [v for k2, v in b["outcomes"].items() if k2.endswith("poll")]
+        pollerr = all(v.endswith(", 8)]") for v in polls)  # revents [(fd, POLLERR)]
+        add("  their poll", "POLLERR" if pollerr else polls, "POLLERR", pollerr)
+        sleeps = sorted({v for k2, v in b["outcomes"].items() if k2.startswith("sleeps")})
+        add("driver that sleeps for ever: its caller, signalled after 1 s", ", ".join(sleeps), "EINTR",
+            sleeps == ["EINTR"])
         g = b["good_device_ms"]
         add("  a good device meanwhile: p50 / p99 ms, before → during", f"{g['p50_before']} / {g['p99_before']} → "
             f"{g['p50_during']} / {g['p99_during']}", "p50 ratio ≤ 2", b["p50_ratio"] <= 2 and b["host_alive"]
@@ -196,6 +197,10 @@ def rows(results: dict[str, Any]) -> list[tuple[str, str, str, bool]]:
             ok = case["refused"] is None or (not case["refused"] if control else bool(case["refused"]))
             add(case["case"], case["errno"] or ("allowed" if not case["refused"] else "refused"), must, ok)
     return out
+
+
+def _counts(errnos: dict[str, int]) -> str:
+    return ", ".join(f"{name} {count}" for name, count in errnos.items())
 
 
 def _res(r: dict[str, int]) -> str:
