@@ -165,10 +165,12 @@ def other_users(workdir: Path) -> list[dict[str, Any]]:
         os.chmod(daemon.run_dir, 0o755)  # let nobody reach the socket itself: its own 0600 must stop them
         probe = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\ntry:\n s.connect(sys.argv[1])\n"
                  " print('connected')\nexcept OSError as e:\n print(e.strerror); sys.exit(1)")
-        done = as_nobody(shutil.which("python3") or "python3", "-c", probe, socket_path)
-        rows.append({"case": "user nobody connects to the control socket (0600)", "refused": done.returncode != 0,
+        python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"  # the system one
+        done = as_nobody(python, "-c", probe, socket_path)
+        rows.append({"case": "user nobody connects to the control socket (0600)",
+                     "refused": done.returncode != 0 and "Permission denied" in done.stdout,
                      "errno": "EACCES" if "Permission denied" in done.stdout else None,
-                     "message": done.stdout.strip()})
+                     "message": (done.stdout + done.stderr).strip()[:300]})
     finally:
         daemon.stop()
     return rows
