@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-stamp
 APT_BASE := python3-venv python3-pip fuse3
 APT_BENCH := libfuse3-dev pkg-config gcc
 
-.PHONY: run test test-vm lint bench bench-cuse deps clean
+.PHONY: run test test-vm lint bench bench-cuse bench-fifo stress deps clean
 
 deps: $(STAMP)
 
@@ -54,6 +54,14 @@ bench: $(STAMP)
 bench-cuse: $(STAMP)
 	tools/apt-need $(APT_BENCH)
 	$(PY) bench/cuse_bench.py
+
+# Many writers and readers on one fifo over FUSE, against a kernel pipe (~1 min).
+bench-fifo: $(STAMP)
+	$(PY) bench/fifo_bench.py
+
+# The stress and fuzz suite (~13 min, as root): a table of figures, bench/out/stress.json.
+stress: $(STAMP)
+	$(PY) bench/stress.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -271,6 +271,27 @@ def test_unknown_module_is_no_such_file(pykld: Pykld) -> None:
         assert (done.returncode, done.stderr.splitlines()[0]) == (1, message)
 
 
+def test_a_module_file_others_could_have_written_is_refused(pykld: Pykld) -> None:
+    """sshd's StrictModes rule: the file and every directory above it only root's or the daemon's."""
+    pykld.ok("daemon", "--transport", "sim")
+    drivers = tempfile.mkdtemp(dir=pykld.run_dir)
+    module = write_driver(drivers, "lax", """
+        from pykld import Module
+        class Lax(Module):
+            name = "lax"
+    """)
+    for loosen, culprit in [(lambda: os.chmod(module, 0o666), module), (lambda: os.chmod(drivers, 0o777), drivers)]:
+        loosen()
+        refused = pykld("load", module)
+        assert refused.returncode == 1
+        first, second = refused.stderr.splitlines()[:2]
+        assert first == f"pykld: can't load {module}: Operation not permitted"
+        assert f"{culprit} is writable by everyone" in second and "StrictModes" in second
+        os.chmod(module, 0o644)
+        os.chmod(drivers, 0o700)
+    pykld.ok("load", module)
+
+
 def test_failing_load_shows_the_driver_exception_and_leaves_nothing(pykld: Pykld) -> None:
     require_fuse()
     drivers = tempfile.mkdtemp(dir=pykld.run_dir)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import textwrap
 from collections.abc import Callable
 
 import pytest
@@ -220,3 +221,29 @@ def test_host_keeps_serving_other_modules(crashy: Kernel, example: Callable[[str
     for _ in range(3):
         assert read_errno(crashy) == errno.EIO
         assert read(crashy, "/dev/rustmodule") == b"Default hello message\n"
+
+
+GARBAGE = textwrap.dedent("""
+    from pykld import CharacterDevice, Module, make_dev
+    class Garbage(CharacterDevice):
+        def read(self, file, uio):
+            return 42
+        def write(self, file, uio):
+            return object()
+    class Drv(Module):
+        name = "garbage"
+        def load(self):
+            make_dev(Garbage(), "garbage", mode=0o666)
+""")
+
+
+def test_read_or_write_returning_garbage_is_eio_not_eof(kernel: Kernel, load_driver: Load) -> None:
+    """A read that returned 42 looked like EOF, and a write that returned an object like a
+    write of 0 bytes, which a caller's write loop retries for ever."""
+    load_driver(GARBAGE, "garbage")
+    with kernel.open("/dev/garbage", os.O_RDWR) as f:
+        for call in (lambda: f.read(10), lambda: f.write(b"x")):
+            with pytest.raises(OSError) as excinfo:
+                call()
+            assert excinfo.value.errno == errno.EIO
+    assert any("returned 42, not None" in line.text for line in kernel.msgbuf.since(0)[1])

@@ -100,7 +100,7 @@ class OpenFile:
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
         uio = Uio.for_read(offset, size)
-        self._run(td, "read", self.cdev.ops.read, flags, uio)
+        self._check_none("read", self._run(td, "read", self.cdev.ops.read, flags, uio))
         stats = self.cdev.stats
         stats.reads += 1
         stats.bytes_read += size - uio.resid
@@ -108,7 +108,7 @@ class OpenFile:
 
     def write(self, offset: int, data: Buffer, flags: int | None = None, td: Thread | None = None) -> int:
         uio = Uio.for_write(offset, data)
-        self._run(td, "write", self.cdev.ops.write, flags, uio)
+        self._check_none("write", self._run(td, "write", self.cdev.ops.write, flags, uio))
         done = len(data) - uio.resid
         stats = self.cdev.stats
         stats.writes += 1
@@ -153,10 +153,16 @@ class OpenFile:
             self._bad_result("poll", revents)  # int() of it would raise outside containment
         return revents
 
-    def _bad_result(self, op: str, result: Any) -> NoReturn:
+    def _check_none(self, op: str, result: Any) -> None:
+        """read and write report through the uio; a driver that returns anything else (0,
+        FreeBSD's "no error", aside) is confused, and its caller must not take that for EOF."""
+        if result is not None and result != 0:
+            self._bad_result(op, result, "None")
+
+    def _bad_result(self, op: str, result: Any, expected: str = "an int") -> NoReturn:
         """A driver returned what its operation cannot return: a fault like an exception,
         so the caller gets EIO and dmesg says why."""
-        wrong = TypeError(f"{op} returned {result!r}, not an int")
+        wrong = TypeError(f"{op} returned {result!r:.100}, not {expected}")
         raise caller_error(wrong, self.kernel, self.cdev.module, op, self.cdev.path, self.cdev.stats)
 
     def close(self, td: Thread | None = None) -> None:

@@ -16,6 +16,8 @@ from typing import Any
 
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
+from pykld.kernel.modules import resolve
+from pykld.kld.trust import trusted_module_file
 from pykld.transport.registry import Transport
 
 DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.MAX_MESSAGE
@@ -36,7 +38,7 @@ class Service:
             raise OSError(errno.EINVAL, f"the daemon publishes over {self.publisher.name}, not {transport}; "
                           "`pykld shutdown` first to change the transport", None)
         with self._registry_open():
-            module_id = self.kernel.kldload(target)
+            module_id = self.kernel.kldload(trusted_module_file(resolve(target)))
             self.publisher.settle()  # /dev entries exist before the caller hears "loaded"
             record = self.kernel.module(module_id)
             return {"id": record.id, "name": record.name, "path": record.path, "transport": self.publisher.name,

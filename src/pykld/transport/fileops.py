@@ -173,7 +173,8 @@ class FileOps:
                     carries_data: bool) -> tuple[int, int, OpenFile, int, int, int]:
         """Decode a READ or WRITE: its id, open file, starting offset, size and file flags."""
         length, _, unique, _, _, _, _, _, _, fh, offset, size, _, _, flags = _HEADER_AND_IO(view)
-        if length != nbytes or (carries_data and _IO_SIZE + size > nbytes):
+        # nbytes < _IO_SIZE: the arguments were unpacked from the stale end of the reused buffer.
+        if length != nbytes or nbytes < _IO_SIZE or (carries_data and _IO_SIZE + size > nbytes):
             raise ProtocolError(f"{size}-byte I/O request in a message of {nbytes} bytes", unique, errno.EIO)
         file = self.files.get(fh)
         if file is None:

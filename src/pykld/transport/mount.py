@@ -21,6 +21,7 @@ MS_NOSUID = 2
 MS_NODEV = 4
 MS_BIND = 4096
 MNT_DETACH = 2
+UMOUNT_NOFOLLOW = 8
 FSTYPE = "fuse.pykld"
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -133,32 +134,59 @@ def allow_other_permitted() -> bool:
 def bind_file(source: str, target: str) -> list[str]:
     """Bind-mount the file `source` at `target`, creating the placeholder file and
     missing directories.  Returns the directories it created (to remove later).
-    Refuses to cover anything that is already there."""
+    Refuses to cover anything that is already there, and to pass through a
+    symbolic link: the path is walked one directory descriptor at a time
+    (O_NOFOLLOW) and the mount goes onto the placeholder's own descriptor, so a
+    link swapped in meanwhile cannot carry the bind outside /dev."""
     created: list[str] = []
-    parent = os.path.dirname(target)
-    missing = []
-    while parent and not os.path.isdir(parent):
-        missing.append(parent)
-        parent = os.path.dirname(parent)
-    for directory in reversed(missing):
-        os.mkdir(directory, 0o755)
-        created.append(directory)
+    *directories, name = target.lstrip("/").split("/")
+    fd = os.open("/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise OSError(errno.EEXIST, f"{target} already exists; not covering it", None) from None
-    os.close(fd)
-    try:
-        sys_mount(source, target, None, MS_BIND, None)
-    except OSError:
-        os.unlink(target)
+        walked = ""
+        for part in directories:
+            walked += "/" + part
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+                created.append(walked)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise OSError(exc.errno, f"{walked} is a symbolic link or not a directory; "
+                                  f"not binding {target} through it", None) from None
+                raise
+            os.close(fd)
+            fd = child
+        try:
+            os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=fd))
+        except FileExistsError:
+            raise OSError(errno.EEXIST, f"{target} already exists; not covering it", None) from None
+        placeholder = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+        try:
+            sys_mount(source, f"/proc/self/fd/{placeholder}", None, MS_BIND, None)
+        except OSError as exc:
+            os.unlink(name, dir_fd=fd)
+            raise OSError(exc.errno, f"mount {target}: {exc.strerror}", None) from None
+        finally:
+            os.close(placeholder)
+    except BaseException:
+        for directory in reversed(created):
+            try:
+                os.rmdir(directory)
+            except OSError:
+                break
         raise
+    finally:
+        os.close(fd)
     return created
 
 
 def unbind_file(target: str, created_dirs: Sequence[str] = ()) -> None:
     try:
-        sys_umount(target, MNT_DETACH)
+        sys_umount(target, MNT_DETACH | UMOUNT_NOFOLLOW)
     except OSError:
         pass
     try:

@@ -80,7 +80,12 @@ class Session:
         threading.Thread(target=self._work, name=f"pykld-{self.name}", daemon=True).start()
 
     def ensure_reader(self) -> None:
-        """The request being served may block: make sure another thread reads meanwhile."""
+        """The request being served may block: make sure another thread reads meanwhile.
+
+        At max_workers threads none is left to read: the request fails with EAGAIN
+        instead of blocking, since a request that waited then would stall every
+        other caller until one of the blocked ones ended (a hang, when they wait
+        for a writer whose request cannot be read)."""
         with self._lock:
             if self._readers or self._stopping:
                 return
@@ -88,8 +93,10 @@ class Session:
                 self._promotions += 1
                 self._readers += 1
                 self._followers_wake.notify()
-            else:
+            elif self._workers < self.max_workers:
                 self._spawn_reader()
+            else:
+                raise OSError(errno.EAGAIN, f"{self._workers} requests are blocked already (max_workers)", None)
 
     def _monitor(self) -> None:
         seen = -1
@@ -99,7 +106,10 @@ class Session:
                 stalled = self._readers == 0 and self._progress == seen
                 seen = self._progress
             if stalled:
-                self.ensure_reader()
+                try:
+                    self.ensure_reader()
+                except OSError:
+                    pass  # at max_workers: the next request that would block is told EAGAIN
 
     def _work(self) -> None:
         buf = bytearray(self.bufsize)
