@@ -25,6 +25,7 @@ from .conftest import (
     AS_NOBODY,
     EXAMPLES,
     private_and_public,
+    require_fuse,
     require_root,
     wait_for,
     write_driver,
@@ -407,6 +408,41 @@ def test_root_binds_devices_at_dev_and_sigterm_removes_them(dev_dir: str) -> Non
         assert host.wait(15) == 0
     assert not os.path.exists("/dev/rustmodule")
     assert dev_dir not in open("/proc/self/mountinfo").read()
+
+
+def test_unload_removes_the_directories_its_binds_made_at_dev_and_only_those(dev_dir: str,
+                                                                              tmp_path: Path) -> None:
+    require_root()
+    require_fuse()
+    made = f"/dev/pykld-test-{os.getpid()}"  # not there before: the bind creates it and made/bus
+    kept = f"/dev/pykld-kept-{os.getpid()}"  # there before, with nothing in it
+    os.mkdir(kept)
+    kernel = Kernel()
+    transport = FuseTransport(kernel, dev_dir, bind=True)
+    transport.start()
+    try:
+        kernel.kldload(write_driver(tmp_path, "binds", textwrap.dedent(f"""
+            from pykld import CharacterDevice, Module, make_dev
+            class Binds(Module):
+                name = "binds"
+                def load(self):
+                    make_dev(CharacterDevice(), "{made[5:]}/bus/x")
+                    make_dev(CharacterDevice(), "{kept[5:]}/bus/y")
+        """)))
+        transport.settle()
+        assert stat.S_ISREG(os.stat(f"{made}/bus/x").st_mode)
+        assert stat.S_ISREG(os.stat(f"{kept}/bus/y").st_mode)
+        kernel.kldunload("binds")
+        transport.settle()
+        assert not os.path.exists(made)  # both directories it made, gone
+        assert not os.path.exists(f"{kept}/bus")
+        assert os.path.isdir(kept)  # not its own: left in place, though empty
+    finally:
+        kernel.shutdown()
+        transport.stop()
+        for directory in (f"{made}/bus", made, f"{kept}/bus", kept):
+            if os.path.isdir(directory):
+                os.rmdir(directory)
 
 
 def test_sigkill_leaves_dev_entry_that_next_start_clears(dev_dir: str) -> None:
