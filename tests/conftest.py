@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh in-process kernel, throwaway driver files, bounded waits.
+"""Shared fixtures: a fresh in-process kernel, throwaway driver files, bounded waits;
+and the backstop behind every test's time limit.
 
 Helpers are fixtures rather than importable names, so this file never competes
 with the conftest.py of another test directory for the module name "conftest".
@@ -6,6 +7,8 @@ with the conftest.py of another test directory for the module name "conftest".
 
 from __future__ import annotations
 
+import faulthandler
+import os
 import textwrap
 import threading
 import time
@@ -18,6 +21,94 @@ from pykld import Kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 JOIN_TIMEOUT = 5.0  # seconds; every wait in the suite is bounded by this
+
+
+# -- time limits -----------------------------------------------------------------------
+# pytest-timeout (configured in pyproject.toml) fails a test that outlives its limit and
+# prints the stack of every thread; it interrupts the test with SIGALRM.  A signal cannot
+# end every wait, though: a system call on a FUSE file waits in the kernel until the
+# server answers, whatever the caller's signals, and when the server is this very
+# process, stuck, it never does.  So a watchdog follows each test: UNSTICK_AFTER seconds
+# past its limit it prints every thread's stack and aborts the FUSE connections mounted
+# during the test, which ends those calls (ECONNABORTED) and lets the suite go on; if
+# even that does not help, BACKSTOP seconds past the limit it prints the stacks again
+# and ends the run, rather than hang for ever.
+
+UNSTICK_AFTER = 5.0
+BACKSTOP = 60.0  # longer than a failed test's teardown: its waits are bounded (5 s, 10 s, 5 s)
+FUSECTL = Path("/sys/fs/fuse/connections")
+
+_terminal = -1  # the real stderr, which output capture does not redirect
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _terminal
+    if _terminal < 0:
+        _terminal = os.dup(2)  # capture is suspended while plugins are configured
+
+
+def _limit(item: pytest.Item) -> float:
+    """The test's time limit: its timeout marker, else --timeout, else pyproject's."""
+    marker = item.get_closest_marker("timeout")
+    if marker is not None:
+        return float(marker.kwargs.get("timeout", marker.args[0] if marker.args else 0) or 0)
+    value = item.config.getoption("timeout", None) or os.environ.get("PYTEST_TIMEOUT") \
+        or item.config.getini("timeout")
+    return float(value or 0)
+
+
+def _fuse_connections() -> set[str]:
+    """The fusectl names of the FUSE mounts now (a mount's device number)."""
+    names = set()
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            fields = line.split()
+            fstype = line.partition(" - ")[2].split()[:1]
+            if fstype and fstype[0].startswith("fuse."):
+                major, minor = map(int, fields[2].split(":"))
+                names.add(str(major << 20 | minor))
+    return names
+
+
+class _Watchdog:
+    def __init__(self, item: pytest.Item, limit: float) -> None:
+        self.nodeid = item.nodeid
+        self.limit = limit
+        self.before = _fuse_connections()
+        self.done = threading.Event()
+        threading.Thread(target=self._watch, name="test-watchdog", daemon=True).start()
+        faulthandler.dump_traceback_later(limit + BACKSTOP, exit=True, file=_terminal)
+
+    def _say(self, text: str) -> None:
+        os.write(_terminal, f"\n+++ {self.nodeid}: {text}\n".encode())
+
+    def _watch(self) -> None:
+        if self.done.wait(self.limit + UNSTICK_AFTER):
+            return
+        self._say(f"not finished {UNSTICK_AFTER:g} s past its {self.limit:g} s limit (a teardown still "
+                  "waiting, or a wait no signal ends); every thread:")
+        faulthandler.dump_traceback(_terminal, all_threads=True)
+        for name in sorted(_fuse_connections() - self.before):
+            try:
+                (FUSECTL / name / "abort").write_text("1")
+                self._say(f"aborted FUSE connection {name}, mounted during the test")
+            except OSError as exc:
+                self._say(f"could not abort FUSE connection {name}: {exc.strerror}")
+
+    def stop(self) -> None:
+        self.done.set()
+        faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    limit = _limit(item)
+    watchdog = _Watchdog(item, limit) if limit > 0 else None
+    try:
+        yield
+    finally:
+        if watchdog is not None:
+            watchdog.stop()
 
 
 @pytest.fixture

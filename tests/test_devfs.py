@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from pykld import POLLIN, POLLOUT, POLLPRI, POLLRDNORM, POLLWRNORM, Kernel, make_dev
+from pykld.kernel.sched import Thread
 
 Load = Callable[..., int]
 
@@ -335,6 +336,49 @@ def test_serialized_device_cannot_meet_itself(kernel: Kernel, load_driver: Load,
     assert all(isinstance(e, OSError) and e.errno == errno.EIO for e in errors)  # BrokenBarrierError
     for f in files:
         f.close()
+
+
+HOLDER = '''
+import threading
+from pykld import CharacterDevice, Module, make_dev
+
+class Holder(CharacterDevice):
+    """Its reads keep the device lock until `release` is set (no sleep() to drop it)."""
+    def __init__(self):
+        self.release = threading.Event()
+        self.reads = 0
+    def read(self, file, uio):
+        self.reads += 1
+        self.release.wait(5)
+        uio.move_out(b"done")
+
+class HolderModule(Module):
+    name = "holder"
+    def load(self):
+        make_dev(Holder(), "holder", mode=0o666)
+'''
+
+
+def test_caller_waiting_for_the_lock_of_a_destroyed_device_gets_enxio(kernel: Kernel, load_driver: Load,
+                                                                      threads, wait_until) -> None:
+    load_driver(HOLDER, name="holder")
+    cdev = kernel.lookup("/dev/holder")
+    device = cdev.device
+    first, second = kernel.open_file(cdev), kernel.open_file(cdev)
+    inside = threads.start(lambda: first.read(0, 10))
+    wait_until(lambda: device.reads == 1)  # the first read holds the device lock
+    td = Thread()
+    queued_for_lock = threading.Event()
+    td.blocking = queued_for_lock.set  # called once the device is found busy, before the lock wait
+    queued = threads.start(lambda: second.read(0, 10, td=td))
+    assert queued_for_lock.wait(5)
+    destroyer = threads.start(cdev.destroy)  # waits for the operations in the driver to leave
+    wait_until(lambda: cdev.destroyed)
+    device.release.set()
+    threads.join(inside, queued, destroyer)
+    inside.result()  # the read already inside the driver finishes normally
+    assert isinstance(queued.error, OSError) and queued.error.errno == errno.ENXIO
+    assert device.reads == 1  # the queued read never reached the driver of a device that is gone
 
 
 STUBBORN = '''

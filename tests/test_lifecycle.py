@@ -319,6 +319,32 @@ def test_forced_unload_with_open_file_gives_enxio(kernel: Kernel, load_driver: L
     assert read_dev(kernel) == b"again"
 
 
+SELF_DESTROYING = '''
+from pykld import CharacterDevice, Module, destroy_dev, make_dev
+
+class Dev(CharacterDevice):
+    def ioctl(self, file, cmd, data):
+        destroy_dev(file.cdev)  # the driver withdraws its own device, an open file still on it
+
+class Drv(Module):
+    name = "drv"
+
+    def load(self):
+        make_dev(Dev(), "drv", mode=0o666)
+'''
+
+
+def test_opens_of_a_device_its_driver_destroyed_hold_no_reference(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(SELF_DESTROYING)
+    f = kernel.open("/dev/drv", os.O_RDWR)
+    f.ioctl(1)
+    assert kernel.kldstat()[0].refs == 0  # the open is on a device that is gone
+    kernel.kldunload("drv")  # not EBUSY: nothing of the module is open any more
+    assert kernel.kldstat() == []
+    assert errno_of(lambda: f.read()) == errno.ENXIO
+    f.close()
+
+
 UNLOAD_FAILS = '''
     def unload(self):
         printf("unload attempt")

@@ -1,0 +1,106 @@
+"""The file operations FUSE and CUSE share, fed requests as the kernel sends them, no mount.
+
+Requests are packed here from the layouts in <linux/fuse.h>; the session writes its
+replies to a pipe, so what is checked is what the kernel would read.  This makes
+orderings deterministic that a real mount produces only by chance.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import struct
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from pykld import Kernel
+from pykld.fuse import abi
+from pykld.transport.fuse import MAX_WRITE, DevfsHandler
+from pykld.transport.session import Session
+
+Load = Callable[..., int]
+
+IN_HDR = "<IIQQIIIHH"  # len, opcode, unique, nodeid, uid, gid, pid, total_extlen, padding
+OUT_HDR = struct.Struct("<IiQ")  # len, error, unique
+OPEN_OUT = struct.Struct("<QII")  # fh, open_flags, padding
+
+SLEEPY = '''
+from pykld import CharacterDevice, Module, make_dev, sleep
+
+class Sleepy(CharacterDevice):
+    """A read sleeps for a while (nobody wakes it), then says so."""
+    def read(self, file, uio):
+        sleep(self, timeout=1)
+        uio.move_out(b"slept")
+
+class SleepyModule(Module):
+    name = "sleepy"
+    def load(self):
+        make_dev(Sleepy(), "sleepy", mode=0o666)
+'''
+
+
+class Wire:
+    """A session whose replies land in a pipe: serve(request bytes) -> the reply's bytes."""
+
+    def __init__(self, kernel: Kernel) -> None:
+        self.handler = DevfsHandler(kernel)
+        for cdev in kernel.devfs:
+            self.handler.track("create", cdev)
+        self._replies, self._out = os.pipe()
+        self.session = Session(self._out, self.handler, abi.read_buffer_size(MAX_WRITE, 256),
+                               fast_paths=self.handler.fast_paths())
+        self._buf = bytearray(abi.read_buffer_size(MAX_WRITE, 256))
+
+    def send(self, opcode: int, unique: int, body: bytes = b"", nodeid: int = 0) -> None:
+        message = struct.pack(IN_HDR, 40 + len(body), opcode, unique, nodeid, 0, 0, os.getpid(), 0, 0) + body
+        self._buf[: len(message)] = message
+        self.session.serve(memoryview(self._buf), len(message))
+
+    def reply(self) -> tuple[int, int, bytes]:
+        """(error, unique, payload) of the next reply."""
+        data = os.read(self._replies, 1 << 16)
+        length, error, unique = OUT_HDR.unpack_from(data)
+        assert length == len(data)
+        return error, unique, data[OUT_HDR.size:]
+
+    def close(self) -> None:
+        os.close(self._replies)
+        os.close(self._out)
+
+
+@pytest.fixture
+def wire(kernel: Kernel, load_driver: Load) -> Iterator[Wire]:
+    load_driver(SLEEPY, name="sleepy")
+    wire = Wire(kernel)
+    yield wire
+    wire.close()
+
+
+def open_sleepy(kernel: Kernel, wire: Wire) -> int:
+    wire.send(abi.Opcode.OPEN, 1, struct.pack("<II", os.O_RDONLY, 0), nodeid=kernel.lookup("sleepy").ino)
+    error, _, payload = wire.reply()
+    assert error == 0
+    fh: int = OPEN_OUT.unpack(payload)[0]
+    return fh
+
+
+def read_body(fh: int, size: int = 100) -> bytes:
+    return struct.pack("<QQIIQII", fh, 0, size, 0, 0, os.O_RDONLY, 0)  # fuse_read_in
+
+
+def test_interrupt_that_overtakes_its_request_ends_it_with_eintr(kernel: Kernel, wire: Wire) -> None:
+    # The kernel sends INTERRUPT once the server has read a request; another server
+    # thread may serve the INTERRUPT before the one holding the READ has started it.
+    fh = open_sleepy(kernel, wire)
+    wire.send(abi.Opcode.INTERRUPT, 2, struct.pack("<Q", 7))  # for request 7, not seen yet
+    wire.send(abi.Opcode.READ, 7, read_body(fh))
+    assert wire.reply()[:2] == (-errno.EINTR, 7)
+
+
+def test_an_interrupt_is_for_its_own_request_only(kernel: Kernel, wire: Wire) -> None:
+    fh = open_sleepy(kernel, wire)
+    wire.send(abi.Opcode.INTERRUPT, 2, struct.pack("<Q", 7))
+    wire.send(abi.Opcode.READ, 8, read_body(fh))
+    assert wire.reply() == (0, 8, b"slept")
