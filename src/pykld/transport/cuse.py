@@ -67,9 +67,6 @@ class CuseHandler(FileOps):
         self.cdev = cdev
         self.ready = threading.Event()
         self.stopping = False
-        self.table: dict[int, Any] = self.handlers()
-        self.table.update({abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
-                           abi.Opcode.IOCTL: self.do_ioctl_unrestricted})
         # Unrestricted ioctls in progress, by (fh, cmd, arg): the rounds so far, and
         # a finished call's reply waiting for its out-iovecs.
         self._rounds: dict[tuple[int, int, int], _Rounds] = {}
@@ -78,6 +75,10 @@ class CuseHandler(FileOps):
         # nothing, so the position of each open is kept here: reads and writes
         # move it, as they move f_pos on a character device.
         self.positions = {}
+
+    def handlers(self) -> dict[int, Any]:
+        return {**super().handlers(), abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
+                abi.Opcode.IOCTL: self.do_ioctl_unrestricted}
 
     def drop_open_state(self, fh: int) -> None:
         super().drop_open_state(fh)
@@ -181,9 +182,8 @@ class CuseChannel:
         self.rdev = 0
         self.handler = CuseHandler(kernel, cdev)
         self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
-        self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_IO), name=f"cuse:{cdev.name}",
-                               log=lambda text: kernel.printf("kernel", text),
-                               fast_paths=self.handler.fast_paths())
+        self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_IO),
+                               name=f"cuse:{cdev.name}", log=lambda text: kernel.printf("kernel", text))
         self.handler.attach(self.session)
 
     def start(self) -> None:
