@@ -63,7 +63,7 @@ def main() -> int:
     assert cdev is not None
     handler = CuseHandler(kernel, cdev)
     sink = os.open("/dev/null", os.O_WRONLY)
-    session = Session(sink, handler, abi.read_buffer_size(1 << 20), fast_paths=handler.fast_paths())
+    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20))
     handler.attach(session)
     session.minor = abi.OUR_MINOR
     buf = bytearray(abi.read_buffer_size(1 << 20))

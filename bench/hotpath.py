@@ -48,12 +48,12 @@ def main() -> int:
     cdev = kernel.devfs.lookup("membuf")
     assert cdev is not None
     sink = os.open("/dev/null", os.O_WRONLY)
-    session = Session(sink, handler, abi.read_buffer_size(1 << 20, 256), fast_paths=handler.fast_paths())
+    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256))
     handler.attach(session)
     session.minor = abi.OUR_MINOR
 
     # open the device as FUSE would, and fill 1 MiB
-    handler(request.parse(fuse_message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))))
+    handler.do_open(request.parse(fuse_message(abi.Opcode.OPEN, cdev.ino, OPEN_IN.pack(os.O_RDWR, 0))))
     fh = max(handler.files)
     handler.files[fh].cdev.device.resize(1 << 20)
 
@@ -74,10 +74,11 @@ def main() -> int:
     device = file.cdev.device
     chunk = [b"x" * 40, b"y" * 4096]
     row("READ 4 KiB: request.parse (the general decoder)", lambda: request.parse(view, read4k))
-    row("READ 4 KiB: fast path (decode, dispatch .. reply list)", lambda: handler.fast_read(view, read4k))
+    row("READ 4 KiB: request.parse_read (the fused decoder)", lambda: request.parse_read(view, read4k))
+    row("READ 4 KiB: parse_read + do_read (.. reply list)", lambda: handler.do_read(request.parse_read(view, read4k)))
     row("READ 4 KiB:   of which OpenFile.read", lambda: file.read(0, 4096, None))
     row("READ 4 KiB:   of which Uio + Membuf.read (no _run)", lambda: device.read(file, Uio.for_read(0, 4096)))
-    row("READ 4 KiB: Session.serve (fast path + writev)", lambda: session.serve(view, read4k))
+    row("READ 4 KiB: Session.serve (table, decode, handle, writev)", lambda: session.serve(view, read4k))
     row("  for scale: os.writev of 40+4096 B to /dev/null", lambda: os.writev(sink, chunk))
 
     write4k = load(fuse_message(abi.Opcode.WRITE, cdev.ino, RW_IN.pack(fh, 0, 4096, 0, 0, os.O_RDWR) + bytes(4096)))

@@ -93,8 +93,8 @@ class Channel:
         self.theirs.setblocking(False)
         self.tally = tally
         self.logs = 0
-        self.session = Session(self.ours.fileno(), handler, BUFSIZE, name=name, max_workers=0, log=self._log,
-                               fast_paths=handler.fast_paths())
+        self.session = Session(self.ours.fileno(), handler.handlers(), BUFSIZE, name=name, max_workers=0,
+                               log=self._log)
         handler.attach(self.session)
         self.buffer = bytearray(os.urandom(BUFSIZE))  # stale bytes, as a reused read buffer has
         self.view = memoryview(self.buffer)

@@ -29,6 +29,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, precondition, rule
 
 from pykld import Kernel
+from pykld.kernel import kernel as kernel_module
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 FIOC_GET_SIZE = 0x80084500  # _IOR('E', 0, 8)
@@ -238,12 +239,11 @@ class DriverMachine(RuleBasedStateMachine):
             return
         if any(self._current(h) for h in self.live):
             # EBUSY after the kernel's grace for closes in flight, which a short one does here.
-            settle = Kernel.__dict__["_closes_settle"]
-            Kernel._closes_settle = staticmethod(lambda record: settle.__func__(record, 0.001))  # type: ignore[method-assign]
+            grace, kernel_module.CLOSE_GRACE = kernel_module.CLOSE_GRACE, 0.001
             try:
                 got = outcome(self.backend.kernel.kldunload, self.driver)
             finally:
-                Kernel._closes_settle = settle  # type: ignore[method-assign]
+                kernel_module.CLOSE_GRACE = grace
             assert got == ("errno", "EBUSY"), got
             return
         got = outcome(self.backend.kernel.kldunload, self.driver)

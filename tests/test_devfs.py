@@ -364,12 +364,12 @@ def test_caller_waiting_for_the_lock_of_a_destroyed_device_gets_enxio(kernel: Ke
     load_driver(HOLDER, name="holder")
     cdev = kernel.lookup("/dev/holder")
     device = cdev.device
-    first, second = kernel.open_file(cdev), kernel.open_file(cdev)
+    first, second = kernel.open_cdev(cdev), kernel.open_cdev(cdev)
     inside = threads.start(lambda: first.read(0, 10))
     wait_until(lambda: device.reads == 1)  # the first read holds the device lock
     td = Thread()
     queued_for_lock = threading.Event()
-    td.blocking = queued_for_lock.set  # called once the device is found busy, before the lock wait
+    td.before_block = queued_for_lock.set  # called once the device is found busy, before the lock wait
     queued = threads.start(lambda: second.read(0, 10, td=td))
     assert queued_for_lock.wait(5)
     destroyer = threads.start(cdev.destroy)  # waits for the operations in the driver to leave

@@ -49,8 +49,7 @@ class Wire:
         for cdev in kernel.devfs:
             self.handler.track("create", cdev)
         self._replies, self._out = os.pipe()
-        self.session = Session(self._out, self.handler, abi.read_buffer_size(MAX_WRITE, 256),
-                               fast_paths=self.handler.fast_paths())
+        self.session = Session(self._out, self.handler.handlers(), abi.read_buffer_size(MAX_WRITE, 256))
         self._buf = bytearray(abi.read_buffer_size(MAX_WRITE, 256))
 
     def send(self, opcode: int, unique: int, body: bytes = b"", nodeid: int = 0) -> None:

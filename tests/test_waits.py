@@ -74,3 +74,59 @@ def test_unload_waits_for_a_close_on_its_way(kernel: Kernel, example: Callable[[
     threading.Timer(0.05, f.close).start()  # well within the unload's grace
     kernel.kldunload("hello")
     assert kernel.kldstat() == []
+
+
+def test_an_unload_goes_on_at_the_close_not_at_the_end_of_its_grace(kernel: Kernel, example: Callable[[str], str],
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The close wakes the waiting unload: with a grace of a minute it still returns at once."""
+    monkeypatch.setattr("pykld.kernel.kernel.CLOSE_GRACE", 60.0)
+    kernel.kldload(example("hello"))
+    f = kernel.open("/dev/rustmodule")
+    unload = threading.Thread(target=kernel.kldunload, args=("hello",), daemon=True)
+    unload.start()
+    threading.Timer(0.05, f.close).start()
+    unload.join(10)
+    assert not unload.is_alive() and kernel.kldstat() == []
+
+
+def test_an_open_the_driver_refuses_wakes_a_waiting_unload(kernel: Kernel, load_driver: Load,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed open takes its count back, and that wakes the unload waiting for it too."""
+    monkeypatch.setattr("pykld.kernel.kernel.CLOSE_GRACE", 60.0)
+    load_driver(REFUSING)
+    entered = threading.Event()
+    go_on = threading.Event()
+    mod = kernel.module("refusing").instance
+    mod.dev.entered, mod.dev.go_on = entered, go_on
+    opener = threading.Thread(target=_open_refused, args=(kernel,), daemon=True)
+    opener.start()
+    assert entered.wait(5)
+    unload = threading.Thread(target=kernel.kldunload, args=("refusing",), daemon=True)
+    unload.start()
+    threading.Timer(0.05, go_on.set).start()
+    unload.join(10)
+    assert not unload.is_alive() and kernel.kldstat() == []
+
+
+def _open_refused(kernel: Kernel) -> None:
+    with pytest.raises(OSError):
+        kernel.open("/dev/refusing")
+
+
+REFUSING = """
+import errno
+from pykld import CharacterDevice, Module, make_dev
+
+class Refusing(CharacterDevice):
+    def open(self, file):
+        self.entered.set()
+        self.go_on.wait(10)
+        raise OSError(errno.EBUSY, "not today")
+
+class Mod(Module):
+    name = "refusing"
+
+    def load(self):
+        self.dev = Refusing()
+        make_dev(self.dev, "refusing", mode=0o666)
+"""

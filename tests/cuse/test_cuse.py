@@ -12,7 +12,8 @@ import stat
 import struct
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -178,3 +179,30 @@ def test_forced_unload_with_open_file_gives_enxio(cuse: Kernel) -> None:
         os.read(fd, 10)
     assert gone.value.errno == errno.ENXIO
     os.close(fd)
+
+
+def test_a_destroyed_device_waits_for_its_last_close_and_says_so(cuse: Kernel,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUSE device of a cdev destroyed while open stays registered until the file is
+    released, dmesg says when that takes long, and it goes as soon as the release comes."""
+    monkeypatch.setattr("pykld.transport.cuse.DRAIN_REPORT", 0.2)
+    registered = Path("/sys/class/cuse/rustmodule")
+    cuse.kldload(str(EXAMPLES / "hello.py"))
+    fd = os.open("/dev/rustmodule", os.O_RDONLY)
+    cuse.kldunload("hello", force=True)
+    try:
+        report = "rustmodule: still 1 open file(s) on the destroyed device after 0.2 s"
+        assert wait_until(lambda: any(report in line for line in cuse.dmesg())), cuse.dmesg()
+        assert registered.exists()
+    finally:
+        os.close(fd)
+    assert wait_until(lambda: not registered.exists())
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pykld import Kernel
 from pykld.fuse import abi
-from pykld.fuse.request import HEADER_AND_IO
+from pykld.fuse.request import HEADER_AND_IO, parse_read, parse_write
 from pykld.transport.fileops import FileOps
 
 DRIVER = textwrap.dedent('''
@@ -54,9 +54,9 @@ def serve(seekable: bool, tmp_path: Path) -> tuple[bytes, int]:
         ops = FileOps(kernel)
         ops.files[1] = kernel.open_cdev("/dev/where", os.O_RDWR)
         read = message(abi.Opcode.READ, 1, 4096, 16)
-        replied = ops.fast_read(memoryview(read), len(read))
+        replied = ops.do_read(parse_read(memoryview(read), len(read)))
         write = message(abi.Opcode.WRITE, 1, 4096, 2, b"hi")
-        ops.fast_write(memoryview(write), len(write))
+        ops.do_write(parse_write(memoryview(write), len(write)))
         assert isinstance(replied, list)
         return b"".join(bytes(chunk) for chunk in replied[1:]), kernel.module("drv").instance.dev.offset
     finally:
@@ -84,7 +84,7 @@ def test_kept_positions_replace_the_requests_offset(tmp_path: Path) -> None:
         seen = []
         for _ in range(2):
             read = message(abi.Opcode.READ, 1, 0, 16)
-            replied = ops.fast_read(memoryview(read), len(read))
+            replied = ops.do_read(parse_read(memoryview(read), len(read)))
             assert isinstance(replied, list)
             seen.append(b"".join(bytes(chunk) for chunk in replied[1:]))
         assert seen == [b"0", b"1"]  # the second read starts where the first ended

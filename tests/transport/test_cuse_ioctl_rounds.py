@@ -31,13 +31,14 @@ IOVEC = struct.Struct("<QQ")
 
 def kernel_ioctl(handler: CuseHandler, fh: int, cmd: int, arg: int, memory: SimMemory) -> tuple[int, int]:
     """Run one ioctl(2) the way Linux CUSE does; returns (result, requests sent)."""
+    serve_ioctl = handler.handlers()[abi.Opcode.IOCTL]  # what the channel's Session dispatches to
     in_iovs: list[tuple[int, int]] = []
     out_iovs: list[tuple[int, int]] = []
     for requests in range(1, 16):
         data = b"".join(memory.read(addr, length) for addr, length in in_iovs)  # EFAULT here, as the kernel
         args = Ioctl(fh, abi.FUSE_IOCTL_UNRESTRICTED, cmd, arg, len(data),
                      sum(length for _, length in out_iovs), memoryview(data))
-        answer = handler(Request(abi.Opcode.IOCTL, requests, 1, 0, 0, os.getpid(), args))
+        answer = serve_ioctl(Request(abi.Opcode.IOCTL, requests, 1, 0, 0, os.getpid(), args))
         assert isinstance(answer, bytes)
         length, error, _, result, flags, n_in, n_out = IOCTL_OUT.unpack_from(answer)
         assert length == len(answer)

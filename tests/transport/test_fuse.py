@@ -208,12 +208,12 @@ def test_interrupt_that_overtakes_its_read_still_gives_eintr(fuse: tuple[Kernel,
     its interrupt has been served, so the overtaking happens every time instead of by chance."""
     kernel, transport = fuse
     kernel.kldload(write_driver(tmp_path, "sleepy", SLEEPY))
-    handler, session = transport.handler, transport.session
+    session = transport.session
     assert session is not None
     served = set()
     seen = threading.Condition()
-    do_interrupt = handler.table[abi.Opcode.INTERRUPT]
-    fast_read = session.fast_paths[abi.Opcode.READ]
+    decode_interrupt, do_interrupt = session.table[abi.Opcode.INTERRUPT]
+    decode_read, do_read = session.table[abi.Opcode.READ]
 
     def interrupt_and_tell(req):  # type: ignore[no-untyped-def]
         result = do_interrupt(req)
@@ -222,14 +222,14 @@ def test_interrupt_that_overtakes_its_read_still_gives_eintr(fuse: tuple[Kernel,
             seen.notify_all()
         return result
 
-    def read_after_its_interrupt(view: memoryview, nbytes: int):  # type: ignore[no-untyped-def]
-        unique = int.from_bytes(view[8:16], "little")
+    def read_after_its_interrupt(io):  # type: ignore[no-untyped-def]
+        unique = io[0]
         with seen:
             seen.wait_for(lambda: unique in served, timeout=5)
-        return fast_read(view, nbytes)
+        return do_read(io)
 
-    handler.table[abi.Opcode.INTERRUPT] = interrupt_and_tell
-    session.fast_paths[abi.Opcode.READ] = read_after_its_interrupt
+    session.table[abi.Opcode.INTERRUPT] = (decode_interrupt, interrupt_and_tell)
+    session.table[abi.Opcode.READ] = (decode_read, read_after_its_interrupt)
     done = subprocess.run([sys.executable, "-c", READ_WITH_ALARM, transport.device_path("sleepy")],
                           capture_output=True, text=True, timeout=30)
     assert served  # the interrupt did come first

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
     from pykld.kernel.sched import Poller
 
 _count_lock = threading.Lock()
-closed = threading.Condition(_count_lock)  # notified at every close: an unload may wait for them
+_closed = threading.Condition(_count_lock)  # notified at a close while someone waits for closes
+_close_waiters = 0  # threads in wait_for_closes: only then does a close pay for notify_all
 _O_NONBLOCK = os.O_NONBLOCK
 
 
@@ -171,9 +172,10 @@ class OpenFile:
             return
         self.closed = True
         cdev = self.cdev
-        with closed:
+        with _count_lock:
             cdev.open_count -= 1
-            closed.notify_all()
+            if _close_waiters:
+                _closed.notify_all()
         if not cdev.destroyed:
             try:
                 self._run(td, "close", self.cdev.ops.close, None)
@@ -201,7 +203,21 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     except BaseException:
         with _count_lock:
             cdev.open_count -= 1
+            if _close_waiters:
+                _closed.notify_all()
         raise
     cdev.stats.opens += 1
     return file
+
+
+def wait_for_closes(done: Callable[[], bool], timeout: float) -> bool:
+    """Wait until `done()` (which reads open counts) holds, re-checked at every close
+    or failed open; False when `timeout` seconds pass first."""
+    global _close_waiters
+    with _count_lock:
+        _close_waiters += 1
+        try:
+            return _closed.wait_for(done, timeout)
+        finally:
+            _close_waiters -= 1
 

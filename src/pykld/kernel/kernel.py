@@ -134,11 +134,10 @@ class Kernel:
             self._discard(record)
 
     @staticmethod
-    def _closes_settle(record: LoadedModule, grace: float = CLOSE_GRACE) -> bool:
+    def _closes_settle(record: LoadedModule) -> bool:
         """Wait briefly for closes in flight: over FUSE the kernel sends RELEASE after
         close(2) has returned, so `cat dev; kldunload` would otherwise race it."""
-        with files.closed:
-            return files.closed.wait_for(lambda: not record.refs, grace)
+        return files.wait_for_closes(lambda: not record.refs, CLOSE_GRACE)
 
     def _find(self, target: str | int) -> LoadedModule:
         for record in self._modules.values():

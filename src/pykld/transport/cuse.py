@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
 NODE_TIMEOUT = 10.0
+DRAIN_REPORT = 5.0  # seconds a destroyed cdev's channel waits for its files before dmesg says so
 SPECULATIVE_OUT = 256  # bytes: caller structures up to this size are also asked for as out-iovecs
 
 
@@ -67,9 +68,9 @@ class CuseHandler(FileOps):
         self.cdev = cdev
         self.ready = threading.Event()
         self.stopping = False
-        self.table: dict[int, Any] = self.handlers()
-        self.table.update({abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
-                           abi.Opcode.IOCTL: self.do_ioctl_unrestricted})
+        # Notified when an open is released or the channel stops: a destroyed
+        # cdev's channel waits on it for its last file.
+        self.changed = threading.Condition()
         # Unrestricted ioctls in progress, by (fh, cmd, arg): the rounds so far, and
         # a finished call's reply waiting for its out-iovecs.
         self._rounds: dict[tuple[int, int, int], _Rounds] = {}
@@ -78,6 +79,28 @@ class CuseHandler(FileOps):
         # nothing, so the position of each open is kept here: reads and writes
         # move it, as they move f_pos on a character device.
         self.positions = {}
+
+    def handlers(self) -> dict[int, Any]:
+        return {**super().handlers(), abi.Opcode.CUSE_INIT: self.do_cuse_init, abi.Opcode.OPEN: self.do_open,
+                abi.Opcode.IOCTL: self.do_ioctl_unrestricted}
+
+    def stop(self) -> None:
+        """The channel is closing: workers leave, a drain stops waiting."""
+        with self.changed:
+            self.stopping = True
+            self.changed.notify_all()
+
+    def drained(self, timeout: float | None) -> bool:
+        """Wait until no file is open on the channel, or it stops; False on timeout."""
+        with self.changed:
+            return self.changed.wait_for(lambda: not self.files or self.stopping, timeout)
+
+    def do_release(self, req: Request) -> Reply:
+        try:
+            return super().do_release(req)
+        finally:
+            with self.changed:
+                self.changed.notify_all()
 
     def drop_open_state(self, fh: int) -> None:
         super().drop_open_state(fh)
@@ -181,9 +204,8 @@ class CuseChannel:
         self.rdev = 0
         self.handler = CuseHandler(kernel, cdev)
         self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
-        self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_IO), name=f"cuse:{cdev.name}",
-                               log=lambda text: kernel.printf("kernel", text),
-                               fast_paths=self.handler.fast_paths())
+        self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_IO),
+                               name=f"cuse:{cdev.name}", log=lambda text: kernel.printf("kernel", text))
         self.handler.attach(self.session)
 
     def start(self) -> None:
@@ -212,7 +234,7 @@ class CuseChannel:
 
     def close(self) -> None:
         """Stop the workers (each leaves on a request we send it), then the channel."""
-        self.handler.stopping = True
+        self.handler.stop()
         self.session.stop()
         try:
             if self.rdev:
@@ -302,8 +324,13 @@ class CuseTransport:
             channel.close()
 
     def _drain(self, channel: CuseChannel) -> None:
-        while channel.handler.files and not channel.handler.stopping:
-            time.sleep(0.05)
+        """A destroyed cdev's channel lives until its last open file is released (its
+        callers get ENXIO meanwhile), as kern_conf's destroy_devl waits for threads."""
+        if not channel.handler.drained(DRAIN_REPORT):
+            self.kernel.printf("kernel", f"{channel.node}: still {len(channel.handler.files)} open file(s) on "
+                                         f"the destroyed device after {DRAIN_REPORT:g} s; its channel waits "
+                                         "for their close")
+            channel.handler.drained(None)
         if not channel.handler.stopping:
             channel.close()
         with self._lock:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pykld.fuse import abi, notify, reply
-from pykld.fuse.request import HEADER_AND_IO, ProtocolError, Request
+from pykld.fuse.request import ReadIo, Request, WriteIo
 from pykld.kernel.sched import Thread
 
 if TYPE_CHECKING:
@@ -25,8 +25,6 @@ if TYPE_CHECKING:
     from pykld.kernel.kernel import Kernel
     from pykld.transport.session import Reply, Session
 
-_HEADER_AND_IO = HEADER_AND_IO.unpack_from
-_IO_SIZE = HEADER_AND_IO.size
 _EARLY_INTERRUPTS = 256  # interrupts remembered for requests not seen yet
 
 
@@ -51,17 +49,9 @@ class FusePoller:
 
 class FileOps:
     """Request handlers for operations on open files; subclasses add opening and
-    fill `table` (opcode -> handler) from handlers()."""
+    extend handlers() (opcode -> handler), the table their Session dispatches by."""
 
     session: Session
-    table: dict[int, Any]
-
-    def __call__(self, req: Request) -> Reply:
-        handler = self.table.get(req.opcode)
-        if handler is None:
-            return reply.error(req.unique, errno.ENOSYS)
-        result: Reply = handler(req)
-        return result
 
     def __init__(self, kernel: Kernel) -> None:
         self.kernel = kernel
@@ -143,14 +133,12 @@ class FileOps:
         finally:
             self._inflight.pop(req.unique, None)
 
-    # READ and WRITE, the requests that carry data, have fast paths: one unpack
-    # of header and arguments, no Request object, the reply built in place.
+    # READ and WRITE, the requests that carry data, come decoded by fuse/request's
+    # fused decoders (a plain tuple, no Request) and answer with the reply built in place.
 
-    def fast_paths(self) -> dict[int, Callable[[memoryview, int], Reply]]:
-        return {abi.Opcode.READ: self.fast_read, abi.Opcode.WRITE: self.fast_write}
-
-    def fast_read(self, view: memoryview, nbytes: int) -> Reply:
-        unique, fh, file, offset, size, flags = self._io_request(view, nbytes, False)
+    def do_read(self, io: ReadIo) -> Reply:
+        unique, fh, offset, size, flags = io
+        file, offset = self._io_file(fh, offset)
         td = self._thread(unique)
         try:
             uio = file.read(offset, size, flags, td)
@@ -159,23 +147,20 @@ class FileOps:
         self._moved(fh, file, uio.offset)
         return reply.data(unique, uio.chunks)
 
-    def fast_write(self, view: memoryview, nbytes: int) -> Reply:
-        unique, fh, file, offset, size, flags = self._io_request(view, nbytes, True)
+    def do_write(self, io: WriteIo) -> Reply:
+        unique, fh, offset, data, flags = io
+        file, offset = self._io_file(fh, offset)
         td = self._thread(unique)
         try:
-            count = file.write(offset, view[_IO_SIZE : _IO_SIZE + size], flags, td)
+            count = file.write(offset, data, flags, td)
         finally:
             self._inflight.pop(unique, None)
         self._moved(fh, file, offset + count)
         return reply.write(unique, count)
 
-    def _io_request(self, view: memoryview, nbytes: int,
-                    carries_data: bool) -> tuple[int, int, OpenFile, int, int, int]:
-        """Decode a READ or WRITE: its id, open file, starting offset, size and file flags."""
-        length, _, unique, _, _, _, _, _, _, fh, offset, size, _, _, flags = _HEADER_AND_IO(view)
-        # nbytes < _IO_SIZE: the arguments were unpacked from the stale end of the reused buffer.
-        if length != nbytes or nbytes < _IO_SIZE or (carries_data and _IO_SIZE + size > nbytes):
-            raise ProtocolError(f"{size}-byte I/O request in a message of {nbytes} bytes", unique, errno.EIO)
+    def _io_file(self, fh: int, offset: int) -> tuple[OpenFile, int]:
+        """The open file of a READ or WRITE and the offset its driver sees: 0 for a
+        stream, the kept position where the transport keeps them, else the caller's."""
         file = self.files.get(fh)
         if file is None:
             raise OSError(errno.EBADF, f"no open file {fh}", None)
@@ -183,7 +168,7 @@ class FileOps:
             offset = 0
         elif self.positions is not None:
             offset = self.positions.get(fh, 0)
-        return unique, fh, file, offset, size, flags
+        return file, offset
 
     def _moved(self, fh: int, file: OpenFile, offset: int) -> None:
         """Where an I/O left the open, for transports that keep positions."""
@@ -254,7 +239,7 @@ class FileOps:
     def handlers(self) -> dict[int, Any]:
         op = abi.Opcode
         return {
-            op.IOCTL: self.do_ioctl,
+            op.READ: self.do_read, op.WRITE: self.do_write, op.IOCTL: self.do_ioctl,
             op.POLL: self.do_poll, op.FLUSH: self.do_flush, op.RELEASE: self.do_release,
             op.INTERRUPT: self.do_interrupt, op.FSYNC: self.do_fsync,
         }

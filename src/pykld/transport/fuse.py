@@ -59,9 +59,13 @@ class DevfsHandler(FileOps):
         self._dir_path: dict[int, str] = {ROOT: ""}
         self._cdevs: dict[int, Cdev] = {}
         self._lock = threading.Lock()
-        self.table: dict[int, Any] = self.handlers()
+        self.destroyed = threading.Event()
+        self.parallel_writes = False  # whether the kernel lets writers of one stream run in parallel
+
+    def handlers(self) -> dict[int, Any]:
         op = abi.Opcode
-        self.table.update({
+        table = super().handlers()
+        table.update({
             op.INIT: self.do_init, op.LOOKUP: self.do_lookup, op.GETATTR: self.do_getattr,
             op.SETATTR: self.do_setattr, op.OPEN: self.do_open, op.OPENDIR: self.do_opendir,
             op.READDIR: self.do_readdir, op.RELEASEDIR: self.do_releasedir, op.STATFS: self.do_statfs,
@@ -70,9 +74,8 @@ class DevfsHandler(FileOps):
         })
         for refused in (op.CREATE, op.MKNOD, op.MKDIR, op.UNLINK, op.RMDIR, op.RENAME, op.RENAME2,
                         op.SYMLINK, op.LINK, op.SETXATTR, op.REMOVEXATTR):
-            self.table[refused] = self.do_refuse
-        self.destroyed = threading.Event()
-        self.parallel_writes = False  # whether the kernel lets writers of one stream run in parallel
+            table[refused] = self.do_refuse
+        return table
 
     # -- the node table ----------------------------------------------------------------
 
@@ -245,9 +248,8 @@ class FuseTransport:
             options += ",allow_other"
         options += f",max_read={MAX_WRITE}"
         self.fd = mount.mount_fuse(self.dev_dir, options)
-        self.session = Session(self.fd, self.handler, abi.read_buffer_size(MAX_WRITE, 256),
-                               name="fuse", log=lambda text: self.kernel.printf("kernel", text),
-                               fast_paths=self.handler.fast_paths())
+        self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_WRITE, 256),
+                               name="fuse", log=lambda text: self.kernel.printf("kernel", text))
         self.handler.attach(self.session)
         for cdev in self.kernel.devfs:
             self._on_devfs("create", cdev)

@@ -8,6 +8,10 @@ follower or starts a new thread.  So a blocked caller never stalls another
 caller.  A monitor promotes a follower too when a request makes no progress
 without saying it blocks (a driver calling time.sleep).  A reply is one
 writev of header and payload buffers.
+
+Each request goes one way, as in fuser: its opcode picks an entry of one table,
+the entry's decoder (fuse/request's, chosen by decoder_for: the fused one for
+READ and WRITE, parse for the rest) decodes it, the entry's handler answers.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import errno
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from pykld.fuse import request as fuse_request
@@ -24,26 +28,28 @@ from pykld.fuse.reply import error as error_reply
 from pykld.kernel.uio import Buffer
 
 Reply: TypeAlias = bytes | Sequence[Buffer] | None
-Handler: TypeAlias = Callable[[fuse_request.Request], Reply]
-FastPath: TypeAlias = Callable[[memoryview, int], Reply]
+#: Takes what its opcode's decoder returns: a Request, or ReadIo/WriteIo for READ/WRITE.
+Handler: TypeAlias = Callable[[Any], Reply]
+Decoder: TypeAlias = Callable[[memoryview, int, int], Any]
 
 _GONE = (errno.ENODEV, errno.EBADF, errno.ECONNABORTED)  # the connection is over
 MONITOR_TICK = 0.05  # seconds a request may hold the reader role without progress
 
 
 class Session:
-    def __init__(self, fd: int, handler: Handler, bufsize: int, name: str = "fuse",
-                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None,
-                 fast_paths: dict[int, FastPath] | None = None) -> None:
+    def __init__(self, fd: int, handlers: Mapping[int, Handler], bufsize: int, name: str = "fuse",
+                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None) -> None:
         self.fd = fd
-        self.handler = handler
+        # opcode -> (decoder, handler); an opcode nobody handles is parsed and refused.
+        self.table: dict[int, tuple[Decoder, Handler]] = {
+            int(opcode): (fuse_request.decoder_for(opcode), handler) for opcode, handler in handlers.items()}
+        self._unhandled: tuple[Decoder, Handler] = (fuse_request.parse, _refuse)
         self.bufsize = bufsize
         self.name = name
         self.minor = OUR_MINOR  # until INIT negotiates the connection's
         self.max_workers = max_workers
         self.max_idle = max_idle
         self.log = log or (lambda text: None)
-        self.fast_paths = fast_paths or {}  # opcode -> a decoder-and-handler in one
         self._lock = threading.Lock()
         self._followers_wake = threading.Condition(self._lock)
         self._workers = 0
@@ -166,11 +172,11 @@ class Session:
         """Decode one request, run its handler, send its reply."""
         reply: Reply
         try:
-            fast = self.fast_paths.get(view[4] | view[5] << 8) if nbytes >= 40 else None
-            if fast is not None:
-                reply = fast(view, nbytes)  # READ and WRITE: decoded and served in one go
-            else:
-                reply = self.handler(fuse_request.parse(view, nbytes, minor=self.minor))
+            # Every decoder checks the length first, so a short message's opcode
+            # (whatever the buffer held) picks a decoder that refuses it.
+            entry = self.table.get(view[4] | view[5] << 8)
+            decode, handle = entry if entry is not None else self._unhandled
+            reply = handle(decode(view, nbytes, self.minor))
         except fuse_request.ProtocolError as exc:
             self.log(f"{self.name}: malformed request dropped: {exc}")
             reply = error_reply(exc.unique, exc.errno) if exc.unique is not None else None
@@ -192,6 +198,10 @@ class Session:
             # ENOENT: the caller was interrupted and the kernel forgot the request.
             if exc.errno not in (errno.ENOENT, *_GONE):
                 self.log(f"{self.name}: reply failed: {exc}")
+
+
+def _refuse(req: fuse_request.Request) -> Reply:
+    return error_reply(req.unique, errno.ENOSYS)
 
 
 def _unique(view: memoryview) -> int:
