@@ -26,7 +26,7 @@ def test_a_program_killed_by_a_signal_is_a_failure() -> None:
 def test_a_failure_quotes_standard_output_when_stderr_is_empty() -> None:
     with pytest.raises(OSError) as caught:
         programs.run(["sh", "-c", "echo first; echo what went wrong; exit 3"])
-    assert caught.value.strerror.endswith("(exit status 3): what went wrong")
+    assert str(caught.value.strerror).endswith("(exit status 3): what went wrong")
 
 
 def test_a_missing_program_is_enoent_naming_its_package(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
