@@ -173,7 +173,7 @@ def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno() -> 
             sent = message(abi.Opcode.FSYNC, unique, struct.pack("<QII", 1, 0, 0))
             buf[: len(sent)] = sent
             session.serve(memoryview(buf), len(sent))
-            length, error, got = _OUT_HEADER.unpack_from(os.read(rfd, 1 << 16))
+            _, error, got = _OUT_HEADER.unpack_from(os.read(rfd, 1 << 16))
             assert (-error, got) == (expected, unique)
     finally:
         os.close(rfd)
