@@ -178,3 +178,18 @@ def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno() -> 
     finally:
         os.close(rfd)
         os.close(wfd)
+
+
+def test_a_channel_that_is_gone_ends_the_session() -> None:
+    # readv on a descriptor not open for reading fails with EBADF, as on a closed
+    # channel: the reader stops, and the session says it has finished.
+    rfd, wfd = os.pipe()
+    session = Session(wfd, {}, 1 << 16)
+    try:
+        session.start()
+        assert session.finished.wait(5)
+        assert session.workers == 0
+    finally:
+        session.stop()
+        os.close(rfd)
+        os.close(wfd)
