@@ -103,3 +103,12 @@ def test_an_interrupt_is_for_its_own_request_only(kernel: Kernel, wire: Wire) ->
     wire.send(abi.Opcode.INTERRUPT, 2, struct.pack("<Q", 7))
     wire.send(abi.Opcode.READ, 8, read_body(fh))
     assert wire.reply() == (0, 8, b"slept")
+
+
+def test_a_32_bit_callers_ioctl_is_enosys_not_passed_to_the_driver(kernel: Kernel, wire: Wire) -> None:
+    fh = open_sleepy(kernel, wire)
+    ioctl_in = struct.Struct("<QIIQII")  # fh, flags, cmd, arg, in_size, out_size
+    wire.send(abi.Opcode.IOCTL, 2, ioctl_in.pack(fh, abi.FUSE_IOCTL_COMPAT, 0x5401, 0, 0, 0))
+    assert wire.reply() == (-errno.ENOSYS, 2, b"")
+    wire.send(abi.Opcode.IOCTL, 3, ioctl_in.pack(fh, 0, 0x5401, 0, 0, 0))
+    assert wire.reply()[:2] == (-errno.ENOTTY, 3)  # the driver's answer: it has no ioctl
