@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import struct
 from collections.abc import Callable, Iterator
 
@@ -16,7 +17,7 @@ import pytest
 
 from pykld import Kernel
 from pykld.fuse import abi
-from pykld.transport.fuse import MAX_WRITE, DevfsHandler
+from pykld.transport.fuse import MAX_WRITE, STREAM_SIZE, DevfsHandler
 from pykld.transport.session import Session
 
 Load = Callable[..., int]
@@ -112,3 +113,84 @@ def test_a_32_bit_callers_ioctl_is_enosys_not_passed_to_the_driver(kernel: Kerne
     assert wire.reply() == (-errno.ENOSYS, 2, b"")
     wire.send(abi.Opcode.IOCTL, 3, ioctl_in.pack(fh, 0, 0x5401, 0, 0, 0))
     assert wire.reply()[:2] == (-errno.ENOTTY, 3)  # the driver's answer: it has no ioctl
+
+
+IN_DIR = '''
+from pykld import CharacterDevice, Module, make_dev
+
+class Stream(CharacterDevice):
+    seekable = False
+
+class InDir(Module):
+    name = "indir"
+    def load(self):
+        make_dev(Stream(), "pts/one", mode=0o644)
+'''
+ATTR_SIZE_AT, ATTR_MODE_AT = 16 + 8, 16 + 6 * 8 + 3 * 4  # in fuse_attr_out
+
+
+def _dirent_names(payload: bytes) -> list[bytes]:
+    names, at = [], 0
+    while at < len(payload):
+        _, _, namelen, _ = struct.unpack_from("<QQII", payload, at)
+        names.append(payload[at + 24: at + 24 + namelen])
+        at += (24 + namelen + 7) & ~7
+    return names
+
+
+def test_the_devfs_answers_names_attributes_and_refusals(kernel: Kernel, load_driver: Load) -> None:
+    load_driver(SLEEPY, name="sleepy")
+    load_driver(IN_DIR, name="indir")
+    wire = Wire(kernel)
+    try:
+        root, sleepy, one = abi.FUSE_ROOT_ID, kernel.lookup("sleepy").ino, kernel.lookup("pts/one").ino
+        wire.send(abi.Opcode.GETATTR, 1, struct.pack("<IIQ", 0, 0, 0), nodeid=root)
+        error, _, attr = wire.reply()
+        assert error == 0 and stat.S_ISDIR(struct.unpack_from("<I", attr, ATTR_MODE_AT)[0])
+        wire.send(abi.Opcode.GETATTR, 2, struct.pack("<IIQ", 0, 0, 0), nodeid=sleepy)
+        assert struct.unpack_from("<Q", wire.reply()[2], ATTR_SIZE_AT)[0] == 0  # seekable: lseek END stays
+        wire.send(abi.Opcode.GETATTR, 3, struct.pack("<IIQ", 0, 0, 0), nodeid=one)
+        assert struct.unpack_from("<Q", wire.reply()[2], ATTR_SIZE_AT)[0] == STREAM_SIZE  # a stream
+        wire.send(abi.Opcode.LOOKUP, 4, b"pts\0", nodeid=root)
+        error, _, entry = wire.reply()
+        assert error == 0
+        pts = struct.unpack_from("<Q", entry)[0]
+        wire.send(abi.Opcode.LOOKUP, 5, b"nothing\0", nodeid=root)
+        assert wire.reply()[0] == -errno.ENOENT
+        setattr_in = struct.Struct("<IIQQQQQQIIIIIIII")  # valid, ..., mode, unused, uid, gid, unused
+        wire.send(abi.Opcode.SETATTR, 6, setattr_in.pack(abi.FATTR_MODE, *[0] * 15), nodeid=sleepy)
+        assert wire.reply()[0] == -errno.EPERM  # chmod: make_dev set the mode
+        wire.send(abi.Opcode.SETATTR, 7, setattr_in.pack(abi.FATTR_SIZE, *[0] * 15), nodeid=sleepy)
+        assert wire.reply()[0] == 0  # a shell's > truncates: accepted, ignored
+        open_in = struct.pack("<II", os.O_RDONLY, 0)
+        wire.send(abi.Opcode.OPEN, 8, open_in, nodeid=pts)
+        assert wire.reply()[0] == -errno.EISDIR
+        wire.send(abi.Opcode.OPEN, 9, open_in, nodeid=12345)
+        assert wire.reply()[0] == -errno.ENXIO  # a device destroyed since its lookup
+        wire.send(abi.Opcode.OPENDIR, 10, open_in, nodeid=sleepy)
+        assert wire.reply()[0] == -errno.ENOTDIR
+        wire.send(abi.Opcode.READDIR, 11, struct.pack("<QQIIQII", 0, 0, 4096, 0, 0, 0, 0), nodeid=root)
+        assert _dirent_names(wire.reply()[2]) == [b".", b"..", b"pts", b"sleepy"]
+        wire.send(abi.Opcode.READDIR, 12, struct.pack("<QQIIQII", 0, 3, 4096, 0, 0, 0, 0), nodeid=root)
+        assert _dirent_names(wire.reply()[2]) == [b"sleepy"]  # a listing resumed at its offset
+        wire.send(abi.Opcode.READDIR, 13, struct.pack("<QQIIQII", 0, 0, 4096, 0, 0, 0, 0), nodeid=pts)
+        assert _dirent_names(wire.reply()[2]) == [b".", b"..", b"one"]
+        wire.send(abi.Opcode.MKNOD, 14, struct.pack("<IIII", 0o20644, 0, 0, 0) + b"new\0", nodeid=root)
+        assert wire.reply()[0] == -errno.EPERM
+    finally:
+        wire.close()
+
+
+@pytest.mark.parametrize("minor", [37, 38])
+def test_init_grants_only_what_the_kernel_offers_and_parallel_writes_from_7_38(kernel: Kernel, minor: int) -> None:
+    wire = Wire(kernel)
+    wire.handler.attach(wire.session)
+    try:
+        offered = abi.FUSE_ASYNC_READ | abi.FUSE_INIT_EXT
+        wire.send(abi.Opcode.INIT, 1, struct.pack("<IIIII44x", 7, minor, 131072, offered, 0))
+        error, _, init_out = wire.reply()
+        assert error == 0
+        assert struct.unpack_from("<I", init_out, 12)[0] & ~abi.FUSE_INIT_EXT == abi.FUSE_ASYNC_READ
+        assert wire.handler.parallel_writes == (minor >= 38)
+    finally:
+        wire.close()
