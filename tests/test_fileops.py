@@ -11,6 +11,8 @@ import errno
 import os
 import stat
 import struct
+import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -192,5 +194,35 @@ def test_init_grants_only_what_the_kernel_offers_and_parallel_writes_from_7_38(k
         assert error == 0
         assert struct.unpack_from("<I", init_out, 12)[0] & ~abi.FUSE_INIT_EXT == abi.FUSE_ASYNC_READ
         assert wire.handler.parallel_writes == (minor >= 38)
+    finally:
+        wire.close()
+
+
+def test_an_interrupt_ends_the_request_it_names_while_it_sleeps(kernel: Kernel, wire: Wire) -> None:
+    fh = open_sleepy(kernel, wire)
+    body = read_body(fh)  # served from a buffer of its own: the INTERRUPT must not overwrite it
+    read = bytearray(struct.pack(IN_HDR, 40 + len(body), abi.Opcode.READ, 7, 0, 0, 0, os.getpid(), 0, 0) + body)
+    reading = threading.Thread(target=wire.session.serve, args=(memoryview(read), len(read)), daemon=True)
+    reading.start()
+    for _ in range(200):  # until the READ is in flight, asleep in the driver
+        if 7 in wire.handler._inflight:
+            break
+        time.sleep(0.005)
+    wire.send(abi.Opcode.INTERRUPT, 2, struct.pack("<Q", 7))
+    assert wire.reply()[:2] == (-errno.EINTR, 7)  # not "slept", a second later
+    reading.join(5)
+
+
+def test_release_and_close_all_run_the_drivers_close(kernel: Kernel, load_driver: Load) -> None:
+    # An open left behind keeps the module busy: kldunload says EBUSY.
+    module = load_driver(SLEEPY, name="sleepy")
+    wire = Wire(kernel)
+    try:
+        fh = open_sleepy(kernel, wire)
+        wire.send(abi.Opcode.RELEASE, 2, struct.pack("<QIIQ", fh, 0, 0, 0))
+        assert wire.reply() == (0, 2, b"")
+        open_sleepy(kernel, wire)
+        wire.handler.close_all()  # the connection is gone
+        kernel.kldunload(module)
     finally:
         wire.close()
