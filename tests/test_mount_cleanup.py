@@ -1,6 +1,7 @@
-"""Cleaning up after a killed pykld, in process (the mount table and statfs stood in for):
-only dead pykld mounts are removed, a dead bind's empty placeholder goes with it, a
-live pykld's mounts stay (tests/transport/test_fuse.py kills real hosts)."""
+"""Binding at /dev and cleaning up after a killed pykld, in process (mount(2), the mount
+table and statfs stood in for): a bind never passes a symbolic link or covers a file,
+and a failed one leaves nothing; only dead pykld mounts are removed, with a dead bind's
+empty placeholder (tests/transport/ does the same with real mounts, as root)."""
 
 from __future__ import annotations
 
@@ -59,3 +60,42 @@ def test_a_failed_mount_call_raises_its_errno(monkeypatch: pytest.MonkeyPatch) -
         mount._check(-1, "mount /dev/x")
     assert caught.value.errno == errno.EPERM
     mount._check(0, "mount /dev/x")
+
+
+@pytest.fixture
+def binds(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The bind mounts bind_file asked for (none is made)."""
+    made: list[str] = []
+
+    def sys_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+        made.append(source)
+    monkeypatch.setattr(mount, "sys_mount", sys_mount)
+    return made
+
+
+def test_bind_file_refuses_to_pass_through_a_symbolic_link(tmp_path: Path, binds: list[str]) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(OSError) as caught:
+        mount.bind_file("/run/pykld/dev/x", f"{tmp_path}/link/x")
+    assert caught.value.errno in (errno.ELOOP, errno.ENOTDIR)  # O_PATH|O_DIRECTORY|O_NOFOLLOW: ENOTDIR
+    assert f"{tmp_path}/link is a symbolic link or not a directory" in str(caught.value.strerror)
+    assert binds == [] and not (tmp_path / "elsewhere" / "x").exists()
+
+
+def test_bind_file_never_covers_what_is_there(tmp_path: Path, binds: list[str]) -> None:
+    (tmp_path / "x").write_text("precious")
+    with pytest.raises(OSError) as caught:
+        mount.bind_file("/run/pykld/dev/x", f"{tmp_path}/x")
+    assert caught.value.errno == errno.EEXIST
+    assert binds == [] and (tmp_path / "x").read_text() == "precious"
+
+
+def test_a_bind_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*args: object) -> None:
+        raise OSError(errno.EPERM, "mount refused")
+    monkeypatch.setattr(mount, "sys_mount", refused)
+    with pytest.raises(OSError) as caught:
+        mount.bind_file("/run/pykld/dev/a/b/x", f"{tmp_path}/a/b/x")
+    assert caught.value.errno == errno.EPERM
+    assert os.listdir(tmp_path) == []  # neither the placeholder nor the directories made for it
