@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from pykld import Kernel
 from pykld.transport import mount
+from pykld.transport.fuse import FuseTransport
 
 
 def _statvfs_failing(code: int | None) -> Callable[[str], os.statvfs_result]:
@@ -99,3 +101,31 @@ def test_a_bind_that_fails_leaves_nothing_behind(tmp_path: Path, monkeypatch: py
         mount.bind_file("/run/pykld/dev/a/b/x", f"{tmp_path}/a/b/x")
     assert caught.value.errno == errno.EPERM
     assert os.listdir(tmp_path) == []  # neither the placeholder nor the directories made for it
+
+
+def test_the_fuse_transport_mounts_once_with_allow_other_when_permitted(monkeypatch: pytest.MonkeyPatch,
+                                                                         tmp_path: Path) -> None:
+    dev_dir = str(tmp_path / "dev")
+    asked: list[str] = []
+
+    def mount_fuse(mount_point: str, options: str, fsname: str = "pykld") -> int:
+        asked.append(options)
+        raise OSError(errno.EPERM, "not mounting in this test")
+    monkeypatch.setattr(mount, "clear_stale", lambda dev_dir: [])
+    monkeypatch.setattr(mount, "mount_fuse", mount_fuse)
+    monkeypatch.setattr(mount, "allow_other_permitted", lambda: True)
+    monkeypatch.setattr(mount, "mounts", lambda: [])
+    with pytest.raises(OSError):
+        FuseTransport(Kernel(), dev_dir, bind=False).start()
+    assert asked and "allow_other" in asked[0].split(",")  # other users reach the devices
+    monkeypatch.setattr(mount, "mounts", lambda: [mount.MountEntry(dev_dir, mount.FSTYPE, "pykld")])
+    with pytest.raises(OSError) as caught:
+        FuseTransport(Kernel(), dev_dir, bind=False).start()
+    assert caught.value.errno == errno.EBUSY and len(asked) == 1  # a live pykld there: not mounted over
+
+
+def test_only_root_binds_at_dev(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    assert FuseTransport(Kernel(), str(tmp_path), bind=True).device_path("x") == str(tmp_path / "x")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert FuseTransport(Kernel(), str(tmp_path), bind=True).device_path("x") == "/dev/x"
