@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import stat
 import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -224,5 +226,31 @@ def test_release_and_close_all_run_the_drivers_close(kernel: Kernel, load_driver
         open_sleepy(kernel, wire)
         wire.handler.close_all()  # the connection is gone
         kernel.kldunload(module)
+    finally:
+        wire.close()
+
+
+def test_a_poll_that_asks_for_notification_gets_one_when_the_device_wakes(kernel: Kernel) -> None:
+    kernel.kldload(str(Path(__file__).resolve().parents[1] / "examples" / "fifo.py"))
+    wire = Wire(kernel)
+    wire.handler.attach(wire.session)
+    try:
+        fifo = kernel.lookup("fifo").ino
+        opened = []
+        for unique, mode in ((1, os.O_RDONLY), (2, os.O_WRONLY)):
+            wire.send(abi.Opcode.OPEN, unique, struct.pack("<II", mode | os.O_NONBLOCK, 0), nodeid=fifo)
+            error, _, payload = wire.reply()
+            assert error == 0
+            opened.append(OPEN_OUT.unpack(payload)[0])
+        reader, writer = opened
+        poll_in = struct.Struct("<QQII")  # fh, kh, flags, events
+        wire.send(abi.Opcode.POLL, 3, poll_in.pack(reader, 77, abi.FUSE_POLL_SCHEDULE_NOTIFY, select.POLLIN))
+        error, _, payload = wire.reply()
+        assert error == 0 and struct.unpack_from("<I", payload)[0] & select.POLLIN == 0  # empty
+        wire.send(abi.Opcode.WRITE, 4, struct.pack("<QQIIQII", writer, 0, 2, 0, 0, os.O_WRONLY, 0) + b"hi")
+        notified = os.read(wire._replies, 1 << 16)  # the notification comes before the WRITE's reply
+        _, code, unique = OUT_HDR.unpack_from(notified)
+        assert (code, unique) == (abi.NotifyCode.POLL, 0)
+        assert struct.unpack_from("<Q", notified, OUT_HDR.size)[0] == 77  # the poll handle it asked with
     finally:
         wire.close()
