@@ -8,14 +8,17 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import struct
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from pykld import Kernel
+from pykld.fuse import abi
 from pykld.transport import mount
 from pykld.transport.fuse import FuseTransport
+from pykld.transport.session import Session
 
 
 def _statvfs_failing(code: int | None) -> Callable[[str], os.statvfs_result]:
@@ -129,3 +132,55 @@ def test_only_root_binds_at_dev(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert FuseTransport(Kernel(), str(tmp_path), bind=True).device_path("x") == str(tmp_path / "x")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert FuseTransport(Kernel(), str(tmp_path), bind=True).device_path("x") == "/dev/x"
+
+
+IN_DIR = '''
+from pykld import CharacterDevice, Module, make_dev
+
+class InDir(Module):
+    name = "indir"
+    def load(self):
+        make_dev(CharacterDevice(), "pts/one", mode=0o644)
+'''
+
+
+def test_a_withdrawn_device_in_a_known_directory_is_invalidated_at_once(tmp_path: Path) -> None:
+    driver = tmp_path / "indir.py"
+    driver.write_text(IN_DIR)
+    kernel = Kernel()
+    kernel.kldload(str(driver))
+    transport = FuseTransport(kernel, str(tmp_path / "dev"), bind=False)
+    rfd, wfd = os.pipe()
+    try:
+        transport.session = Session(wfd, {}, 1 << 16)
+        pts = transport.handler._dir_node("pts")  # the kernel looked the directory up
+        cdev = kernel.lookup("pts/one")
+        transport._withdraw(cdev)
+        sent = os.read(rfd, 1 << 16)
+        _, code, unique = struct.unpack_from("<IiQ", sent)
+        assert (code, unique) == (abi.NotifyCode.INVAL_ENTRY, 0)
+        assert struct.unpack_from("<Q", sent, 16)[0] == pts and sent.endswith(b"one\0")
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+        kernel.shutdown()
+
+
+def test_stop_unbinds_everything_and_says_when_the_devfs_stays_mounted(monkeypatch: pytest.MonkeyPatch,
+                                                                       tmp_path: Path) -> None:
+    unbound: list[str] = []
+    monkeypatch.setattr(mount, "unbind_file", lambda target, dirs=(): unbound.append(target))
+
+    def refused(mount_point: str) -> None:
+        raise OSError(errno.EIO, "fusermount3 -u failed")
+    monkeypatch.setattr(mount, "unmount_fuse", refused)
+    transport = FuseTransport(Kernel(), str(tmp_path / "dev"), bind=False)
+    transport._bound = {"/dev/a": [], "/dev/b": []}
+    transport.fd, other_end = os.pipe()  # the channel stop() closes
+    try:
+        with pytest.raises(OSError) as caught:
+            transport.stop()
+    finally:
+        os.close(other_end)
+    assert caught.value.errno == errno.EBUSY and "is still mounted: fusermount3 -u failed" in str(caught.value)
+    assert sorted(unbound) == ["/dev/a", "/dev/b"] and transport.fd == -1
