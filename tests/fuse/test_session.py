@@ -146,3 +146,50 @@ def test_a_message_shorter_than_a_header_is_dropped_and_logged(loop: Loop) -> No
 def test_a_read_shorter_than_its_arguments_is_refused_by_the_general_decoder(loop: Loop) -> None:
     loop.feed(message(abi.Opcode.READ, 61, b"\0" * 8))
     assert loop.reply() == (errno.EINVAL, 61, b"")
+
+
+def test_the_opcode_is_both_bytes_of_its_field(loop: Loop) -> None:
+    # 256 + READ is no READ (CUSE_INIT, 4096, is the opcode that needs the high byte).
+    loop.feed(io(abi.Opcode.READ | 0x100, 71, 1, 64))
+    assert loop.reply() == (errno.ENOSYS, 71, b"")
+
+
+def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno() -> None:
+    rfd, wfd = os.pipe()
+    os.set_blocking(rfd, False)
+    raised: list[OSError] = []
+
+    def fails(req: object) -> None:
+        raise raised[-1]
+
+    session = Session(wfd, {abi.Opcode.FSYNC: fails}, 1 << 16)
+    buf = bytearray(1 << 16)
+    try:
+        for unique, exc, expected in [(81, OSError(errno.ETIMEDOUT, "late"), errno.ETIMEDOUT),
+                                      (82, OSError(errno.EOWNERDEAD, "gone"), errno.EOWNERDEAD),
+                                      (83, OSError(600, "no such errno"), errno.EIO),
+                                      (84, OSError("no errno at all"), errno.EIO)]:
+            raised.append(exc)
+            sent = message(abi.Opcode.FSYNC, unique, struct.pack("<QII", 1, 0, 0))
+            buf[: len(sent)] = sent
+            session.serve(memoryview(buf), len(sent))
+            _, error, got = _OUT_HEADER.unpack_from(os.read(rfd, 1 << 16))
+            assert (-error, got) == (expected, unique)
+    finally:
+        os.close(rfd)
+        os.close(wfd)
+
+
+def test_a_channel_that_is_gone_ends_the_session() -> None:
+    # readv on a descriptor not open for reading fails with EBADF, as on a closed
+    # channel: the reader stops, and the session says it has finished.
+    rfd, wfd = os.pipe()
+    session = Session(wfd, {}, 1 << 16)
+    try:
+        session.start()
+        assert session.finished.wait(5)
+        assert session.workers == 0
+    finally:
+        session.stop()
+        os.close(rfd)
+        os.close(wfd)

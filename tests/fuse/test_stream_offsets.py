@@ -90,3 +90,22 @@ def test_kept_positions_replace_the_requests_offset(tmp_path: Path) -> None:
         assert seen == [b"0", b"1"]  # the second read starts where the first ended
     finally:
         kernel.shutdown()
+
+
+def test_every_open_is_noflush_and_a_streams_writers_run_in_parallel(tmp_path: Path) -> None:
+    # NOFLUSH: close(2) never waits on the server (see FileOps.open_flags);
+    # PARALLEL_DIRECT_WRITES: one stream writer asleep in its driver does not hold the others.
+    for seekable in (True, False):
+        path = tmp_path / f"where{seekable}.py"
+        path.write_text(DRIVER.replace("SEEKABLE", str(seekable)))
+        kernel = Kernel()
+        kernel.kldload(str(path))
+        try:
+            cdev = kernel.devfs.lookup("where")
+            assert cdev is not None
+            flags = FileOps.open_flags(cdev)
+        finally:
+            kernel.shutdown()
+        assert flags & abi.FOPEN_NOFLUSH and flags & abi.FOPEN_DIRECT_IO
+        stream = abi.FOPEN_NONSEEKABLE | abi.FOPEN_STREAM | abi.FOPEN_PARALLEL_DIRECT_WRITES
+        assert flags & stream == (0 if seekable else stream)
