@@ -11,7 +11,7 @@ import pytest
 from counter_ioctl import CIOCGCOUNT, CIOCRESET, CIOCSINTERVAL, COUNT, INTERVAL
 
 from pykld import Kernel
-from pykld.transport.sim import SimFile
+from pykld.kernel.fd import SimFile
 
 DEV = "/dev/counter"
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pykld import POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM, Kernel
-from pykld.transport.sim import SimFile
+from pykld.kernel.fd import SimFile
 
 DEV = "/dev/fifo"
 CAPACITY = 4096

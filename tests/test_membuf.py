@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from pykld import _IO, _IOR, _IOW, Kernel
-from pykld.transport.sim import SimFile, SimMemory
+from pykld.kernel.fd import SimFile, SimMemory
 
 DEV = "/dev/membuf"
 SIZE_T = struct.Struct("=Q")

@@ -15,8 +15,8 @@ import pytest
 from pykld import Kernel
 from pykld.fuse import abi
 from pykld.fuse.request import Ioctl, Request
+from pykld.kernel.fd import SimMemory
 from pykld.transport.cuse import CuseHandler
-from pykld.transport.sim import SimMemory
 
 from .conftest import EXAMPLES
 

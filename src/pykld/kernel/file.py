@@ -64,7 +64,6 @@ class OpenFile:
             td = Thread()
         td.kernel = self.kernel
         td.module = cdev.module
-        td.file = self
         if flags is not None and (flags ^ self.flags) & _O_NONBLOCK:
             self.flags ^= _O_NONBLOCK  # fcntl(F_SETFL) since open: the file's flags follow, as f_flag does
         td.nonblock = (self.flags & _O_NONBLOCK) != 0

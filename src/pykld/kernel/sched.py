@@ -30,13 +30,12 @@ class Poller(Protocol):
 class Thread:
     """The context of one event or operation in the kernel (FreeBSD's struct thread)."""
 
-    __slots__ = ("kernel", "module", "file", "nonblock", "lock", "poller", "memory", "before_block",
+    __slots__ = ("kernel", "module", "nonblock", "lock", "poller", "memory", "before_block",
                  "interrupted", "_wait")
 
     def __init__(self, kernel: Kernel | None = None, module: LoadedModule | None = None) -> None:
         self.kernel = kernel
         self.module = module
-        self.file: Any = None  # the OpenFile being served, if any
         self.nonblock = False  # the caller asked for O_NONBLOCK
         self.lock: Any = None  # the device lock held for this operation, if serialized
         self.poller: Poller | None = None  # set while a poll operation runs

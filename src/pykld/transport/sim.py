@@ -1,15 +1,10 @@
 """The sim transport: devices exist only inside this process's kernel.
 
 Nothing is mounted or published; callers open them with `Kernel.open`, which
-gives the in-process file descriptor (kernel/fd.py).  SimFile and SimMemory are
-named here too, for the tests that import them from the transport.
+gives the in-process file descriptor (kernel/fd.py).
 """
 
 from __future__ import annotations
-
-from pykld.kernel.fd import IoctlResult, SimFile, SimMemory
-
-__all__ = ["IoctlResult", "SimFile", "SimMemory", "SimTransport"]
 
 
 class SimTransport:
