@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
+from transport.conftest import require_root
 
 from pykld.kld.trust import trusted_module_file
 
@@ -55,8 +56,7 @@ def test_a_sticky_world_writable_directory_is_accepted(module_dir: Path) -> None
 
 
 def test_a_file_or_directory_owned_by_another_user_is_refused(module_dir: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("chown needs root")
+    require_root()  # chown needs root; CI makes it mandatory
     os.chown(module_dir / "m.py", NOBODY, NOBODY)
     assert f"m.py is owned by uid {NOBODY}" in refused(module_dir / "m.py")
     os.chown(module_dir / "m.py", 0, 0)
