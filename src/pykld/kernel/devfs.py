@@ -108,6 +108,8 @@ class Cdev:
     module: LoadedModule | None
     lock: threading.Lock | None  # None when the driver serialises itself
     seekable: bool
+    # The transport that publishes this device ("pty" for a serial port), None: the daemon's.
+    transport: str | None = None
     ino: int = field(default_factory=lambda: next(_inodes))
     created: float = field(default_factory=time.time)
     open_count: int = 0

@@ -220,3 +220,10 @@ def wait_for_closes(done: Callable[[], bool], timeout: float) -> bool:
         finally:
             _close_waiters -= 1
 
+
+
+def control_file(kernel: Kernel, cdev: Cdev) -> OpenFile:
+    """A transport's own handle on a device it publishes, for ioctls only (the termios
+    a pty carries): the driver sees no open or close for it, and it holds no reference
+    (like FreeBSD's ttyu0.init, the kernel's side of a port, not a caller's)."""
+    return OpenFile(kernel, cdev, 3, 0, (0,), os.getpid())  # O_ACCMODE 3: neither read nor write

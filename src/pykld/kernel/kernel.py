@@ -167,13 +167,13 @@ class Kernel:
     # -- devices ---------------------------------------------------------------
 
     def make_dev(self, device: Any, name: str, uid: int = 0, gid: int = 0, mode: int = 0o600,
-                 module: LoadedModule | None = None) -> Cdev:
+                 module: LoadedModule | None = None, transport: str | None = None) -> Cdev:
         if not isinstance(mode, int) or not 0 <= mode <= 0o7777:
             raise OSError(errno.EINVAL, f"make_dev: invalid mode {mode!r}", None)
         serialized = getattr(device, "serialized", True)
         cdev = Cdev(name=name, device=device, uid=uid, gid=gid, mode=mode & 0o777, module=module,
                     lock=threading.Lock() if serialized else None,
-                    seekable=getattr(device, "seekable", True))
+                    seekable=getattr(device, "seekable", True), transport=transport)
         self.devfs.add(cdev)
         if module is not None:
             module.cdevs.append(cdev)

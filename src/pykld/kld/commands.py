@@ -107,8 +107,10 @@ def format_stat(status: dict[str, Any], verbose: bool) -> str:
     rows = [("Id", "Refs", "Transport", "Name", "Devices", "Path")]
     for module in status["modules"]:
         devices = ",".join(d["path"] for d in module["devices"]) or "-"
-        rows.append((str(module["id"]), str(module["refs"]), status["transport"], module["name"], devices,
-                     module["path"]))
+        # Each device's own transport (a serial port is a pty whatever the daemon's), once each.
+        transports = ",".join(dict.fromkeys(d.get("transport", status["transport"]) for d in module["devices"]))
+        rows.append((str(module["id"]), str(module["refs"]), transports or status["transport"], module["name"],
+                     devices, module["path"]))
     lines = _table(rows, right=(0, 1))
     if not verbose:
         return "\n".join(lines)
@@ -125,12 +127,13 @@ def _device_table(devices: Sequence[dict[str, Any]]) -> list[str]:
     if not devices:
         return []
     names = ("opens", "reads", "writes", "ioctls", "polls", "bytes_read", "bytes_written", "errors", "faults")
-    rows = [("Device", "Open", "Opens", "Reads", "Writes", "Ioctls", "Polls", "BytesRead", "BytesWritten",
+    rows = [("Device", "Transport", "Open", "Opens", "Reads", "Writes", "Ioctls", "Polls", "BytesRead", "BytesWritten",
              "Errors", "Faults")]
     for device in devices:
         counters = device.get("stats", {})
-        rows.append((device["name"], str(device["open"]), *(str(counters.get(n, "-")) for n in names)))
-    return _table(rows, right=range(1, 11))
+        rows.append((device["name"], device.get("transport", "-"), str(device["open"]),
+                     *(str(counters.get(n, "-")) for n in names)))
+    return _table(rows, right=range(2, 12))
 
 
 def _malloc_table(types: Sequence[dict[str, Any]]) -> list[str]:

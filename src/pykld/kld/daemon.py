@@ -109,7 +109,7 @@ def peer_uid(conn: socket.socket) -> int:
 
 
 def choose_transport(kernel: Kernel, wanted: str | None, dev_dir: str,
-                     bind: bool) -> tuple[registry.Transport, str]:
+                     bind: bool) -> tuple[registry.Publisher, str]:
     """As `pykld run` chooses: the one asked for, else the best available."""
     choice = registry.pick(wanted)
     return registry.make_transport(kernel, choice.name, dev_dir, bind), choice.how

@@ -56,13 +56,14 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     kernel = Kernel()
     published = registry.make_transport(kernel, choice.name, dev_dir, bind)
-    in_process = published.name == "sim"
+    in_process = published.name == "sim"  # until a device of the module is a pty (below)
     try:
         published.start()
         kernel.kldload(module)
         record = kernel.kldstat()[-1]
         published.settle()
         paths = [published.device_path(n) for n in record.devices]
+        in_process = in_process and all(published.transport_of(kernel.lookup(n)) == "sim" for n in record.devices)
         print(f"pykld: transport {choice.name} ({choice.how}); module {record.name} loaded", flush=True)
         for path in paths:
             print(f"pykld: device {path}", flush=True)

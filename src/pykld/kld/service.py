@@ -18,14 +18,14 @@ from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
 from pykld.kernel.modules import resolve
 from pykld.kld.trust import trusted_module_file
-from pykld.transport.registry import Transport
+from pykld.transport.registry import Publisher
 
 DMESG_CHUNK = 256 * 1024  # bytes of lines per dmesg reply, well under control.MAX_MESSAGE
 MAX_LINE = 16 * 1024  # a longer printf is cut, so one line always fits a reply
 
 
 class Service:
-    def __init__(self, kernel: Kernel, publisher: Transport, stopping: threading.Event) -> None:
+    def __init__(self, kernel: Kernel, publisher: Publisher, stopping: threading.Event) -> None:
         self.kernel = kernel
         self.publisher = publisher
         self.stopping = stopping
@@ -75,7 +75,7 @@ class Service:
 
     def _device(self, cdev: Cdev, verbose: bool) -> dict[str, Any]:
         device: dict[str, Any] = {"name": cdev.name, "path": self.publisher.device_path(cdev.name),
-                                  "open": cdev.open_count}
+                                  "transport": self.publisher.transport_of(cdev), "open": cdev.open_count}
         if verbose:
             device["stats"] = dataclasses.asdict(cdev.stats)
         return device

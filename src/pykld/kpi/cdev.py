@@ -48,12 +48,14 @@ class CharacterDevice:
         return no_poll(file, events)
 
 
-def make_dev(device: CharacterDevice, name: str, uid: int = 0, gid: int = 0, mode: int = 0o600) -> Cdev:
-    """Publish `device` as /dev/`name` (directories allowed: "bus/i2c-1")."""
+def make_dev(device: CharacterDevice, name: str, uid: int = 0, gid: int = 0, mode: int = 0o600,
+             transport: str | None = None) -> Cdev:
+    """Publish `device` as /dev/`name` (directories allowed: "bus/i2c-1"), over the
+    daemon's transport or the one named ("pty" for a serial port: pykld.tty)."""
     td = curthread()
     if td is None or td.kernel is None:
         raise RuntimeError("make_dev() outside a module event or device operation")
-    return td.kernel.make_dev(device, name, uid, gid, mode, td.module)
+    return td.kernel.make_dev(device, name, uid, gid, mode, td.module, transport)
 
 
 def destroy_dev(cdev: Cdev) -> None:

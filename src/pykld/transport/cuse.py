@@ -16,6 +16,7 @@ import stat
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from pykld.fuse import abi, reply
@@ -288,6 +289,7 @@ class CuseTransport:
         self.channels: dict[Cdev, CuseChannel] = {}
         self._draining: list[CuseChannel] = []  # destroyed while open: closed when the last file goes
         self._lock = threading.Lock()
+        self.foreign: Callable[[Cdev], bool] = lambda cdev: False  # devices another transport publishes
 
     def device_path(self, cdev_name: str) -> str:
         return f"/dev/{cdev_name}"
@@ -301,6 +303,8 @@ class CuseTransport:
         self.kernel.devfs.subscribe(self._on_devfs)
 
     def _on_devfs(self, what: str, cdev: Cdev) -> None:
+        if self.foreign(cdev):
+            return
         if what == "create":
             created = CuseChannel(self.kernel, cdev)
             try:

@@ -16,6 +16,7 @@ import queue
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pykld.fuse import abi, notify, reply
@@ -61,6 +62,10 @@ class DevfsHandler(FileOps):
         self._lock = threading.Lock()
         self.destroyed = threading.Event()
         self.parallel_writes = False  # whether the kernel lets writers of one stream run in parallel
+        # Devices another transport publishes (a serial port over a pty) are shown as a
+        # symlink to where that transport put them (link_of), or not at all (None).
+        self.foreign: Callable[[Cdev], bool] = lambda cdev: False
+        self.link_of: Callable[[Cdev], str | None] = lambda cdev: None
 
     def handlers(self) -> dict[int, Any]:
         op = abi.Opcode
@@ -70,7 +75,7 @@ class DevfsHandler(FileOps):
             op.SETATTR: self.do_setattr, op.OPEN: self.do_open, op.OPENDIR: self.do_opendir,
             op.READDIR: self.do_readdir, op.RELEASEDIR: self.do_releasedir, op.STATFS: self.do_statfs,
             op.ACCESS: self.do_access, op.FORGET: self.no_reply, op.BATCH_FORGET: self.no_reply,
-            op.DESTROY: self.do_destroy,
+            op.DESTROY: self.do_destroy, op.READLINK: self.do_readlink,
         })
         for refused in (op.CREATE, op.MKNOD, op.MKDIR, op.UNLINK, op.RMDIR, op.RENAME, op.RENAME2,
                         op.SYMLINK, op.LINK, op.SETXATTR, op.REMOVEXATTR):
@@ -102,9 +107,19 @@ class DevfsHandler(FileOps):
         return reply.Attr(ino=ino, mode=stat.S_IFDIR | 0o755, nlink=2, atime=self.started,
                           mtime=self.started, ctime=self.started)
 
-    @staticmethod
-    def _cdev_attr(cdev: Cdev) -> reply.Attr:
+    def _link(self, cdev: Cdev) -> str | None:
+        """Where the entry of a device published elsewhere points; None for our own."""
+        return self.link_of(cdev) if self.foreign(cdev) else None
+
+    def _shown(self, cdev: Cdev) -> bool:
+        return not self.foreign(cdev) or self._link(cdev) is not None
+
+    def _cdev_attr(self, cdev: Cdev) -> reply.Attr:
         created = _ns(cdev.created)
+        link = self._link(cdev)
+        if link is not None:
+            return reply.Attr(ino=cdev.ino, size=len(link), mode=stat.S_IFLNK | 0o777, nlink=1, uid=cdev.uid,
+                              gid=cdev.gid, atime=created, mtime=created, ctime=created)
         size, blocks = (0, 0) if cdev.seekable else (STREAM_SIZE, STREAM_BLOCKS)
         return reply.Attr(ino=cdev.ino, size=size, blocks=blocks, mode=stat.S_IFREG | cdev.mode, nlink=1,
                           uid=cdev.uid, gid=cdev.gid, atime=created, mtime=created, ctime=created)
@@ -123,7 +138,7 @@ class DevfsHandler(FileOps):
         prefix = path + "/" if path else ""
         names: dict[str, bool] = {}
         for cdev in self.kernel.devfs:
-            if cdev.name.startswith(prefix):
+            if cdev.name.startswith(prefix) and self._shown(cdev):
                 rest = cdev.name[len(prefix):]
                 head, sep, _ = rest.partition("/")
                 names[head] = names.get(head, False) or bool(sep)
@@ -151,7 +166,7 @@ class DevfsHandler(FileOps):
         name = req.args.name.decode("utf-8", "surrogateescape")
         path = f"{parent}/{name}" if parent else name
         cdev = self.kernel.devfs.lookup(path)
-        if cdev is not None:
+        if cdev is not None and self._shown(cdev):
             return reply.entry(req.unique, cdev.ino, self._cdev_attr(cdev), TIMEOUT, TIMEOUT)
         if path in self.kernel.devfs.directories():
             ino = self._dir_node(path)
@@ -170,11 +185,18 @@ class DevfsHandler(FileOps):
 
     def do_open(self, req: Request) -> Reply:
         cdev = self._cdevs.get(req.nodeid)
-        if cdev is None:
+        if cdev is None or self.foreign(cdev):
             raise OSError(errno.ENXIO if req.nodeid not in self._dir_path else errno.EISDIR,
                           "device is gone", None)
         fh, _ = self.open_cdev(req, cdev, req.args.flags)
         return reply.open(req.unique, fh, self.open_flags(cdev))
+
+    def do_readlink(self, req: Request) -> Reply:
+        cdev = self._cdevs.get(req.nodeid)
+        link = self._link(cdev) if cdev is not None else None
+        if link is None:
+            raise OSError(errno.EINVAL, "not a symlink", None)
+        return reply.readlink(req.unique, link.encode())
 
     def do_opendir(self, req: Request) -> Reply:
         if req.nodeid not in self._dir_path:
@@ -193,7 +215,8 @@ class DevfsHandler(FileOps):
             else:
                 cdev = self.kernel.devfs.lookup(full)
                 if cdev is not None:
-                    entries.append((cdev.ino, index, stat.S_IFREG >> 12, name.encode()))
+                    kind = stat.S_IFLNK if self._link(cdev) is not None else stat.S_IFREG
+                    entries.append((cdev.ino, index, kind >> 12, name.encode()))
         return reply.dirents(req.unique, entries[req.args.offset:], req.args.size)
 
     def do_releasedir(self, req: Request) -> Reply:
@@ -282,7 +305,7 @@ class FuseTransport:
                 self._events.task_done()
 
     def _publish(self, cdev: Cdev) -> None:
-        if self.bind:
+        if self.bind and not self.handler.foreign(cdev):
             target = f"/dev/{cdev.name}"
             try:
                 self._bound[target] = mount.bind_file(os.path.join(self.dev_dir, cdev.name), target)

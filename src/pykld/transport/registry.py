@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, NamedTuple, Protocol
 from pykld.transport import programs
 from pykld.transport.cuse import CuseTransport, cuse_unavailable
 from pykld.transport.fuse import DEFAULT_DEV_DIR, FuseTransport
+from pykld.transport.pty import PtyTransport
 from pykld.transport.sim import SimTransport
 
 if TYPE_CHECKING:
+    from pykld.kernel.devfs import Cdev
     from pykld.kernel.kernel import Kernel
 
 TRANSPORTS = ("cuse", "fuse", "sim")
@@ -85,9 +87,55 @@ def pick(wanted: str | None) -> Choice:
     return Choice(best.name, how)
 
 
-def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Transport:
+def make_transport(kernel: Kernel, name: str, dev_dir: str | None, bind: bool) -> Publisher:
+    """The transport `name`, with the pty transport beside it for the serial ports."""
+    primary: FuseTransport | CuseTransport | SimTransport
     if name == "fuse":
-        return FuseTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind)
-    if name == "cuse":
-        return CuseTransport(kernel)
-    return SimTransport()
+        primary = FuseTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind)
+    elif name == "cuse":
+        primary = CuseTransport(kernel)
+    else:
+        primary = SimTransport()
+    pty = PtyTransport(kernel, dev_dir or DEFAULT_DEV_DIR, bind, links_in_devfs=name == "fuse")
+    return Publisher(kernel, primary, pty)
+
+
+class Publisher:
+    """What a daemon publishes through: its transport, and the pty transport for each
+    device made with transport="pty" (serial ports, whatever the daemon's transport).
+    A device that asks for another transport than these two gets the daemon's."""
+
+    def __init__(self, kernel: Kernel, primary: FuseTransport | CuseTransport | SimTransport,
+                 pty: PtyTransport) -> None:
+        self.kernel = kernel
+        self.primary = primary
+        self.pty = pty
+        self.name = primary.name
+        if isinstance(primary, FuseTransport):
+            primary.handler.foreign = pty.serves
+            primary.handler.link_of = pty.slave_path  # a non-root daemon's links live in the FUSE devfs
+        elif isinstance(primary, CuseTransport):
+            primary.foreign = pty.serves
+
+    def transport_of(self, cdev: Cdev) -> str:
+        return self.pty.name if self.pty.serves(cdev) else self.primary.name
+
+    def device_path(self, cdev_name: str) -> str:
+        cdev = self.kernel.devfs.lookup(cdev_name)
+        if cdev is not None and self.pty.serves(cdev):
+            return self.pty.device_path(cdev_name)
+        return self.primary.device_path(cdev_name)
+
+    def start(self) -> None:
+        self.pty.start()
+        self.primary.start()
+
+    def settle(self) -> None:
+        self.pty.settle()
+        self.primary.settle()
+
+    def stop(self) -> None:
+        try:
+            self.primary.stop()
+        finally:
+            self.pty.stop()
