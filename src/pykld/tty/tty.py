@@ -138,6 +138,11 @@ class Tty(CharacterDevice):
         with self.mtx:
             return len(self._out)
 
+    def room(self) -> int:
+        """Bytes send() takes now, for a device that sends whole messages or none."""
+        with self.mtx:
+            return TX_LIMIT - len(self._out)
+
     # -- the program's side (the cdevsw) ------------------------------------------------
 
     def open(self, file: OpenFile) -> None:

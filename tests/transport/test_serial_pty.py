@@ -1,0 +1,275 @@
+"""Serial ports over the pty transport, driven by pyserial and coreutils' stty.
+
+A kernel in this process publishes its ttys as pseudo-terminals in a dev dir
+(no /dev symlinks: bind=False); the programs are real ones, in this process
+(pyserial) or as subprocesses, as root and as nobody.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import subprocess
+import textwrap
+import tty as termios_tty
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import serial
+
+from pykld import Kernel
+from pykld.transport.pty import PtyTransport
+
+from .conftest import AS_NOBODY, wait_for
+
+TIOCEXCL = 0x540C
+
+# A port that upper-cases what it is sent back, records what it hears, and can
+# flood the program with a numbered sequence, keeping what the queue refused.
+LOOPBACK = """
+import errno
+from pykld import Module, Mutex, callout_init_mtx, callout_reset
+from pykld.tty import LineSettings, SerialDevice, make_tty
+
+class Loopback(SerialDevice):
+    line = LineSettings(115200)
+    paced = False
+    def __init__(self):
+        self.mtx = Mutex("loopback")
+        self.events = []
+        self.unsent = b""
+        self.refused = 0
+        self.pump = callout_init_mtx(self.mtx)
+    def received(self, tty, data):
+        self.events.append(("received", data))
+        tty.send(data.upper())
+    def param(self, tty, line):
+        if line.speed == 12345:
+            raise OSError(errno.EINVAL, "no 12345 baud here")
+        self.events.append(("param", str(line)))
+    def open(self, tty): self.events.append(("open",))
+    def close(self, tty): self.events.append(("close",))
+    def flood(self, tty, count):
+        with self.mtx:
+            self.unsent += b"".join(b"%08d\\n" % i for i in range(count))
+            self.push(tty)
+    def push(self, tty):
+        taken = tty.send(self.unsent)
+        self.refused += taken < len(self.unsent)
+        self.unsent = self.unsent[taken:]
+        if self.unsent:
+            callout_reset(self.pump, 0.01, self.push, tty)
+
+class LoopbackModule(Module):
+    name = "loopback"
+    def load(self):
+        self.device = Loopback()
+        self.tty = make_tty(self.device, "ttyLOOP0", uid=UID, gid=GID, mode=MODE)
+"""
+
+
+@pytest.fixture
+def ptys(dev_dir: str) -> Iterator[tuple[Kernel, PtyTransport]]:
+    kernel = Kernel()
+    transport = PtyTransport(kernel, dev_dir, bind=False)
+    transport.start()
+    try:
+        yield kernel, transport
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+@pytest.fixture
+def loopback(ptys: tuple[Kernel, PtyTransport], tmp_path: Path) -> Callable[..., tuple[object, object, str]]:
+    kernel, transport = ptys
+
+    def load(uid: int = 0, gid: int = 0, mode: int = 0o666) -> tuple[object, object, str]:
+        source = LOOPBACK.replace("UID", str(uid)).replace("GID", str(gid)).replace("MODE", oct(mode))
+        path = tmp_path / "loopback.py"
+        path.write_text(textwrap.dedent(source))
+        kernel.kldload(str(path))
+        instance = kernel.module("loopback").instance
+        return instance.device, instance.tty, transport.device_path("ttyLOOP0")
+    return load
+
+
+def stty(*args: str, as_nobody: bool = False) -> subprocess.CompletedProcess[str]:
+    command = [*(AS_NOBODY.split() if as_nobody else []), "stty", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=20, check=False)
+
+
+def termios_raw(fd: int) -> None:
+    termios_tty.setraw(fd)
+
+
+def heard(device: object, event: tuple[object, ...]) -> bool:
+    return wait_for(lambda: event in device.events)  # type: ignore[attr-defined]
+
+
+# -- publishing -----------------------------------------------------------------------------------
+
+
+def test_the_port_is_a_symlink_to_a_pty_slave_owned_and_moded_per_make_dev(loopback) -> None:
+    _, _tty, path = loopback(uid=65534, gid=65534, mode=0o640)
+    slave = os.readlink(path)
+    assert slave.startswith("/dev/pts/")
+    st = os.stat(path)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o640)
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        assert os.isatty(fd)  # a real tty: the kernel's termios and n_tty
+    finally:
+        os.close(fd)
+
+
+def test_the_link_goes_with_the_device(ptys, loopback) -> None:
+    kernel, _ = ptys
+    _, _, path = loopback()
+    slave = os.readlink(path)
+    kernel.kldunload("loopback")
+    assert not os.path.lexists(path)
+    assert not os.path.exists(slave)  # the master is closed: devpts took the slave away
+
+
+# -- pyserial ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("baud", [1200, 9600, 115200, 250000])
+def test_pyserial_at_several_speeds_talks_and_the_device_hears_the_speed(loopback, baud: int) -> None:
+    device, _, path = loopback()
+    with serial.Serial(path, baud, timeout=2) as port:
+        port.write(b"at+cgmi\r\n")
+        assert port.readline() == b"AT+CGMI\r\n"
+    assert heard(device, ("param", f"{baud} 8N1")) or baud == 115200  # 115200 is the port's own speed
+    assert ("received", b"at+cgmi\r\n") in device.events
+
+
+def test_readline_with_a_timeout_returns_what_came(loopback) -> None:
+    _, _, path = loopback()
+    with serial.Serial(path, 115200, timeout=0.3) as port:
+        assert port.readline() == b""  # nothing was sent: the timeout ends it
+        port.write(b"no newline")
+        assert port.readline() == b"NO NEWLINE"  # the timeout, with what arrived
+
+
+def test_in_waiting_and_reset_input_buffer(loopback) -> None:
+    _, _, path = loopback()
+    with serial.Serial(path, 115200, timeout=1) as port:
+        port.write(b"hello\n")
+        assert wait_for(lambda: port.in_waiting == 6)
+        port.reset_input_buffer()
+        assert port.in_waiting == 0
+        port.write(b"again\n")
+        assert port.readline() == b"AGAIN\n"  # the port goes on after the flush
+
+
+def test_exclusive_open_refuses_a_second_pyserial(loopback) -> None:
+    _, _, path = loopback()
+    with serial.Serial(path, 115200, exclusive=True), pytest.raises(serial.SerialException, match="lock"):
+        serial.Serial(path, 115200, exclusive=True)
+
+
+def test_tiocexcl_refuses_another_user(loopback) -> None:
+    _, _, path = loopback()
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    try:
+        fcntl.ioctl(fd, TIOCEXCL)
+        done = stty("-F", path, as_nobody=True)
+        assert done.returncode != 0 and "Device or resource busy" in done.stderr
+    finally:
+        os.close(fd)
+
+
+def test_modem_lines_are_enotty_on_a_pty_and_pyserial_opens_anyway(loopback) -> None:
+    _, _, path = loopback()
+    with serial.Serial(path, 115200, timeout=1) as port:  # its DTR/RTS ioctls fail, ignored
+        with pytest.raises(OSError) as no_lines:
+            port.cts  # noqa: B018
+        assert no_lines.value.errno == errno.ENOTTY
+
+
+# -- stty -------------------------------------------------------------------------------------------
+
+
+def test_stty_sets_the_speed_the_device_hears_even_when_it_closes_at_once(loopback) -> None:
+    device, _, path = loopback()
+    assert stty("-F", path, "4800", "raw", "-echo").returncode == 0
+    assert heard(device, ("param", "4800 8N1"))
+    assert "speed 4800 baud" in stty("-F", path).stdout  # termios persist across opens
+
+
+def test_stty_by_another_user_follows_the_mode(loopback) -> None:
+    _, _, path = loopback(mode=0o666)
+    done = stty("-F", path, "19200", as_nobody=True)
+    assert done.returncode == 0, done.stderr
+    assert "speed 19200 baud" in stty("-F", path, as_nobody=True).stdout
+
+
+def test_a_private_port_refuses_another_user(loopback) -> None:
+    _, _, path = loopback(mode=0o600)
+    done = stty("-F", path, as_nobody=True)
+    assert done.returncode != 0 and "Permission denied" in done.stderr
+
+
+def test_parity_and_character_size_do_not_cross_a_pty(loopback) -> None:
+    device, _, path = loopback()
+    done = stty("-F", path, "parenb", "cs7")
+    # The kernel forces CS8 and clears PARENB; stty says so in its own words (EINVAL on 6.x).
+    assert done.returncode != 0, done.stdout
+    assert "unable to perform all requested operations" in done.stderr or "Invalid argument" in done.stderr
+    assert not any(e[0] == "param" and "7E" in e[1] for e in device.events)
+
+
+def test_a_speed_the_device_refuses_is_put_back(ptys, loopback) -> None:
+    kernel, _ = ptys
+    _device, _, path = loopback()
+    with serial.Serial(path, 12345, timeout=1):
+        assert wait_for(lambda: "speed 115200 baud" in stty("-F", path).stdout)
+    assert any("refused by the device" in line for line in kernel.dmesg())
+
+
+# -- bytes, not lost -------------------------------------------------------------------------------
+
+
+def test_opens_and_closes_reach_the_device_once_per_program(loopback) -> None:
+    device, _, path = loopback()
+    with serial.Serial(path, 115200), serial.Serial(path, 115200):
+        assert heard(device, ("open",))
+    assert heard(device, ("close",))
+    assert [e for e in device.events if e[0] in ("open", "close")] == [("open",), ("close",)]
+
+
+def test_what_a_program_writes_just_before_it_closes_reaches_the_device(loopback) -> None:
+    device, _, path = loopback()
+    fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
+    termios_raw(fd)  # else n_tty maps CR to NL, and echoes the device's answer back to it
+    os.write(fd, b"$PUBX,40,GLL,0,0*5C\r\nhalf a sen")
+    os.close(fd)
+    assert heard(device, ("close",))
+    assert b"".join(e[1] for e in device.events if e[0] == "received") == b"$PUBX,40,GLL,0,0*5C\r\nhalf a sen"
+
+
+def test_a_program_that_stops_reading_loses_nothing_the_device_sent(loopback) -> None:
+    device, tty, path = loopback()
+    with serial.Serial(path, 115200, timeout=2) as port:
+        assert heard(device, ("open",))
+        count = 30000  # 270 kB: far more than the pty and the tty queue hold
+        device.flood(tty, count)
+        assert wait_for(lambda: device.refused > 0)  # the program's queue is full, back to the device
+        got = port.read(count * 9)
+    assert got == b"".join(b"%08d\n" % i for i in range(count))
+
+
+def test_a_program_on_the_pty_is_hung_up_when_the_device_goes(ptys, loopback) -> None:
+    kernel, _ = ptys
+    _, _, path = loopback()
+    with serial.Serial(path, 115200, timeout=1) as port:
+        with pytest.raises(OSError) as busy:
+            kernel.kldunload("loopback")
+        assert busy.value.errno == errno.EBUSY  # open, as a real port's driver would be
+        kernel.kldunload("loopback", force=True)
+        with pytest.raises(serial.SerialException):
+            port.read(1)
