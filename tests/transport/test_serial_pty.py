@@ -16,13 +16,14 @@ import tty as termios_tty
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pynmea2
 import pytest
 import serial
 
 from pykld import Kernel
 from pykld.transport.pty import PtyTransport
 
-from .conftest import AS_NOBODY, wait_for
+from .conftest import AS_NOBODY, EXAMPLES, wait_for
 
 TIOCEXCL = 0x540C
 
@@ -273,3 +274,73 @@ def test_a_program_on_the_pty_is_hung_up_when_the_device_goes(ptys, loopback) ->
         kernel.kldunload("loopback", force=True)
         with pytest.raises(serial.SerialException):
             port.read(1)
+
+
+# -- the examples over the pty ------------------------------------------------------------------------
+
+
+@pytest.fixture
+def examples(ptys: tuple[Kernel, PtyTransport]) -> tuple[Kernel, PtyTransport]:
+    kernel, transport = ptys
+    kernel.kldload(str(EXAMPLES / "gps.py"))
+    kernel.kldload(str(EXAMPLES / "modem.py"))
+    kernel.sysctl("dev.gps.0.utc", "2026-12-01T12:35:19")
+    kernel.sysctl("dev.modem.0.dial_ms", 0)
+    return kernel, transport
+
+
+def nmea_lines(port: serial.Serial, count: int) -> list[pynmea2.NMEASentence]:
+    """`count` whole sentences, parsed with their checksums checked (the first line read
+    may be the tail of one: skipped)."""
+    port.readline()
+    return [pynmea2.parse(port.readline().decode("ascii").strip(), check=True) for _ in range(count)]
+
+
+@pytest.mark.parametrize("baud", [4800, 9600, 115200])
+def test_pyserial_reads_the_gps_at_each_of_its_speeds(examples, baud: int) -> None:
+    _kernel, transport = examples
+    with serial.Serial(transport.device_path("ttyGPS0"), baud, timeout=3) as port:
+        kinds = {s.sentence_type for s in nmea_lines(port, 6)}
+        assert {"RMC", "GGA", "GSA", "GSV"} <= kinds
+        assert f"speed {baud} baud" in stty("-F", port.port).stdout
+
+
+def test_the_gps_position_follows_the_sysctl_over_the_pty(examples) -> None:
+    kernel, transport = examples
+    with serial.Serial(transport.device_path("ttyGPS0"), 9600, timeout=3) as port:
+        kernel.sysctl("dev.gps.0.latitude", -12.5)
+        port.reset_input_buffer()
+        assert port.in_waiting == 0
+        assert wait_for(lambda: any(getattr(s, "lat_dir", "") == "S" for s in nmea_lines(port, 5)), timeout=8)
+
+
+def test_stty_changes_the_gps_speed_and_head_reads_rmc_as_root_and_as_nobody(examples) -> None:
+    _, transport = examples
+    path = transport.device_path("ttyGPS0")
+    for as_nobody in (False, True):
+        assert stty("-F", path, "4800", "raw", "-echo", as_nobody=as_nobody).returncode == 0
+        assert "speed 4800 baud" in stty("-F", path, as_nobody=as_nobody).stdout
+        done = subprocess.run([*(AS_NOBODY.split() if as_nobody else []), "timeout", "5", "head", "-c", "300", path],
+                              capture_output=True, timeout=20, check=False)
+        assert b"$GPRMC," in done.stdout, done.stderr
+
+
+def test_the_modem_answers_pyserial(examples) -> None:
+    _, transport = examples
+    with serial.Serial(transport.device_path("ttyACM0"), 115200, timeout=2) as port:
+        port.write(b"ATE0\r")
+        assert port.read_until(b"OK\r\n").endswith(b"OK\r\n")
+        port.write(b"AT+CGMI\r")
+        assert port.read_until(b"OK\r\n") == b"\r\npykld\r\n\r\nOK\r\n"
+        port.write(b"ATD123\r")
+        assert port.read_until(b"CONNECT 115200\r\n").endswith(b"CONNECT 115200\r\n")
+        port.write(b"hello")
+        assert port.read(5) == b"hello"
+
+
+def test_the_modem_answers_a_shell_of_another_user(examples) -> None:
+    _, transport = examples
+    path = transport.device_path("ttyACM0")
+    script = f"exec 3<>{path}; stty -F {path} raw -echo; printf 'AT\\r' >&3; timeout 3 head -c 9 <&3"
+    done = subprocess.run([*AS_NOBODY.split(), "sh", "-c", script], capture_output=True, timeout=20, check=False)
+    assert done.stdout == b"AT\r\r\nOK\r\n", done.stderr

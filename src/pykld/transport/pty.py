@@ -95,7 +95,6 @@ class PtyPort:
         self.link = link
         self.control = control_file(kernel, cdev)  # for the termios, never an open the device sees
         self.data: OpenFile | None = None  # the cdev's open while the program has the slave open
-        self.opens = 0
         self.pending = b""  # device output the master has not taken yet (the program reads slowly)
         self.stopping = False
         self.master, slave = os.openpty()
@@ -111,6 +110,8 @@ class PtyPort:
         self.inotify = _inotify_watch(self.slave_path)
         self.wake_r, self.wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.poller = _WakePoller(self.wake_w)
+        self._hup = select.poll()  # POLLHUP on the master: no slave is open
+        self._hup.register(self.master, 0)
         self.thread = threading.Thread(target=self._run, name=f"pykld-pty {cdev.name}", daemon=True)
 
     def log(self, text: str) -> None:
@@ -171,24 +172,30 @@ class PtyPort:
             pass
 
     def _opens_and_closes(self) -> None:
+        """Open the device when the program has the slave open, close it when no one has.
+
+        inotify says that something happened, not how often: identical events in a row
+        are coalesced, so two opens may read as one.  Whether the slave is open is the
+        master's POLLHUP (set while no slave descriptor exists).  A program that came and
+        went between two looks (IN_OPEN seen, the slave closed again) still gets its
+        bytes to the device: open, drain, close."""
         try:
             events = os.read(self.inotify, 4096)
         except BlockingIOError:
-            return
+            events = b""
+        opened = False
         offset = 0
         while offset < len(events):
             _, mask, _, name_len = _EVENT.unpack_from(events, offset)
             offset += _EVENT.size + name_len
-            if mask & IN_OPEN:
-                self.opens += 1
-                if self.opens == 1:
-                    self._open_data()
-            elif mask & (IN_CLOSE_WRITE | IN_CLOSE_NOWRITE) and self.opens:
-                self.opens -= 1
-                if self.opens == 0:
-                    self._check_termios()  # what `stty -F` set just before it closed
-                    self._from_program()  # the program's last bytes, written before it closed
-                    self._close_data()
+            opened = opened or bool(mask & IN_OPEN)
+        hung_up = bool(self._hup.poll(0))
+        if self.data is None and (opened or not hung_up):
+            self._open_data()
+        if self.data is not None and hung_up:
+            self._check_termios()  # what `stty -F` set just before it closed
+            self._from_program()  # the program's last bytes, written before it closed
+            self._close_data()
 
     def _open_data(self) -> None:
         self._check_termios()
