@@ -206,38 +206,64 @@ def membuf_client(path: str, index: int, ops: int, seed: int, out: Any, transpor
         final_wrong = _differing(pread_at(fd, REGION, base, transport), mine)
     finally:
         os.close(fd)
-    out.put((index, {"wrong_bytes_read": wrong, "wrong_bytes_final": final_wrong, "errors": errors}))
+    out.put((index, {"wrong_bytes_read": wrong, "wrong_bytes_final": final_wrong, "errors": errors,
+                     "contents": bytes(mine)}))
 
 
 def run_membuf(processes: int, ops: int, log: Any, transport: str = "fuse") -> dict[str, Any]:
     host = Host(str(EXAMPLES / "membuf.py"), "stress-membuf", transport=transport).start("membuf")
+    try:
+        figures = membuf_load(host.path("membuf"), processes, ops, transport, check_contents=True)
+        figures["host_at_end"] = host.resources()
+    finally:
+        host.stop()
+    log(f"membuf: {figures}")
+    return figures
+
+
+def membuf_load(path: str, processes: int, ops: int, transport: str, check_contents: bool) -> dict[str, Any]:
+    """The clients' load on a membuf-like device at `path` (pykld's, or libfuse's cuse.c in the VM).
+
+    With `check_contents`, the device's contents are read back at the end with read(2), which over
+    CUSE is a plain READ reply: the device's state checked without the ioctl copy-out path."""
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     started = time.monotonic()
-    try:
-        # Every region exists before the clients start: nobody grows the buffer under another.
-        fd = os.open(host.path("membuf"), os.O_RDWR)
-        pwrite_at(fd, b"\0", processes * REGION - 1, transport)
-        os.close(fd)
-        procs = [ctx.Process(target=membuf_client, args=(host.path("membuf"), i, ops, 500 + i, out, transport))
-                 for i in range(processes)]
-        for proc in procs:
-            proc.start()
-        results = dict(gather(out, processes, 600))
-        hung = reap(procs, 10)
-        resources = host.resources()
-    finally:
-        host.stop()
+    # Every region exists before the clients start: nobody grows the buffer under another.
+    fd = os.open(path, os.O_RDWR)
+    pwrite_at(fd, b"\0", processes * REGION - 1, transport)
+    os.close(fd)
+    procs = [ctx.Process(target=membuf_client, args=(path, i, ops, 500 + i, out, transport))
+             for i in range(processes)]
+    for proc in procs:
+        proc.start()
+    results = dict(gather(out, processes, 600))
+    hung = reap(procs, 10)
     elapsed = time.monotonic() - started
-    figures = {
+    figures: dict[str, Any] = {
         "processes": processes, "ops_per_process": ops, "ops": processes * ops,
         "bytes_wrong": sum(r["wrong_bytes_read"] + r["wrong_bytes_final"] for r in results.values()),
         "errors": sum(r["errors"] for r in results.values()), "clients_missing": processes - len(results),
         "hung": hung, "seconds": round(elapsed, 1), "ops_per_s": round(processes * ops / elapsed),
-        "host_at_end": resources,
     }
-    log(f"membuf: {figures}")
+    if check_contents:
+        contents = read_whole(path, processes * REGION)
+        figures["bytes_wrong_in_device"] = sum(
+            _differing(contents[i * REGION : (i + 1) * REGION], bytearray(r["contents"])) for i, r in results.items())
     return figures
+
+
+def read_whole(path: str, size: int) -> bytes:
+    """The first `size` bytes of the device, by read(2) from a fresh open's position 0."""
+    chunks = []
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while size > 0 and (chunk := os.read(fd, min(size, 1 << 16))):
+            chunks.append(chunk)
+            size -= len(chunk)
+    finally:
+        os.close(fd)
+    return b"".join(chunks)
 
 
 def run(processes: int, ops: int, log: Any, transport: str = "fuse") -> dict[str, Any]:
