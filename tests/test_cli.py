@@ -409,7 +409,8 @@ def test_stat_json_and_verbose_counters(pykld: Pykld) -> None:
     assert status["transport"] == "fuse" and status["pid"] == pykld.daemon_pid()
     modules = {m["name"]: m for m in status["modules"]}
     assert modules["hello"]["id"] == 1 and modules["membuf"]["id"] == 2
-    assert modules["hello"]["devices"] == [{"name": "rustmodule", "path": pykld.device("rustmodule"), "open": 0}]
+    assert modules["hello"]["devices"] == [{"name": "rustmodule", "path": pykld.device("rustmodule"),
+                                            "transport": "fuse", "open": 0}]
     assert "malloc" not in modules["membuf"]
 
     verbose = json.loads(pykld.ok("stat", "-v", "--json").stdout)
