@@ -344,3 +344,15 @@ def test_the_modem_answers_a_shell_of_another_user(examples) -> None:
     script = f"exec 3<>{path}; stty -F {path} raw -echo; printf 'AT\\r' >&3; timeout 3 head -c 9 <&3"
     done = subprocess.run([*AS_NOBODY.split(), "sh", "-c", script], capture_output=True, timeout=20, check=False)
     assert done.stdout == b"AT\r\r\nOK\r\n", done.stderr
+
+
+def test_the_null_modem_carries_pyserial_both_ways(ptys) -> None:
+    kernel, transport = ptys
+    kernel.kldload(str(EXAMPLES / "nullmodem.py"))
+    with serial.Serial(transport.device_path("ttyNULL0"), 115200, timeout=2) as a, \
+            serial.Serial(transport.device_path("ttyNULL1"), 115200, timeout=2) as b:
+        assert wait_for(lambda: all(end.tty.is_open for end in kernel.module("nullmodem").instance.cable.ends))
+        a.write(b"hello over the cable\n")
+        assert b.readline() == b"hello over the cable\n"
+        b.write(b"and back\n")
+        assert a.readline() == b"and back\n"
