@@ -83,7 +83,7 @@ def test_a_second_of_rmc_gga_gsa_gsv_at_the_position_set(port: SimFile) -> None:
 
 
 def test_the_position_speed_and_fix_follow_the_sysctls(gps: Kernel, port: SimFile) -> None:
-    gps.sysctl("dev.gps.0.latitude", "-33.8688")
+    gps.sysctl("dev.gps.0.latitude", "-12.345678")  # 20.74068': 20.7407, rounded
     gps.sysctl("dev.gps.0.longitude", -70.5)
     gps.sysctl("dev.gps.0.speed", 12.5)
     gps.sysctl("dev.gps.0.course", 271.3)
@@ -93,7 +93,7 @@ def test_the_position_speed_and_fix_follow_the_sysctls(gps: Kernel, port: SimFil
     while s["RMC"].lat_dir != "S":  # a second already queued may predate the change
         s = cycle(port)
     rmc, gga = s["RMC"], s["GGA"]
-    assert rmc.latitude == pytest.approx(-33.8688, abs=1e-6) and (rmc.lon, rmc.lon_dir) == ("07030.0000", "W")
+    assert (rmc.lat, rmc.lat_dir, rmc.lon, rmc.lon_dir) == ("1220.7407", "S", "07030.0000", "W")
     assert (rmc.spd_over_grnd, rmc.true_course, rmc.mode_indicator) == (12.5, 271.3, "D")
     assert (gga.gps_qual, gga.num_sats) == (2, "05")
     assert sorted(s) == ["GGA", "GSA", "GSV1", "GSV2", "RMC"]  # 5 satellites: two GSV sentences

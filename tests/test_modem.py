@@ -108,6 +108,9 @@ def test_plus_signs_inside_data_are_data(port: SimFile) -> None:
     command(port, b"ATD1\r", b"CONNECT 115200\r\n")
     port.write(b"a+++b")  # no guard time before them
     assert until(port, b"b") == b"a+++b"
+    port.write(b"c+++")  # nor here, though silence follows
+    time.sleep(0.4)
+    assert quiet(port) == b"c+++"  # data, not an escape: no OK
 
 
 def test_no_answer_is_no_carrier(modem: Kernel, port: SimFile) -> None:

@@ -35,6 +35,7 @@ def test_load_publishes_the_gps_as_a_pty_beside_fuse_and_stat_says_so(pykld: Pyk
     assert [(d["name"], d["transport"], d["path"]) for d in devices] == [("ttyGPS0", "pty", "/dev/ttyGPS0")]
     # the FUSE devfs shows the port too, as a symlink to the same slave
     assert os.readlink(pykld.device("ttyGPS0")) == os.readlink("/dev/ttyGPS0")
+    assert "not bound" not in pykld.ok("dmesg").stdout  # FUSE left /dev/ttyGPS0 to the pty transport
     pykld.ok("sysctl", "dev.gps.0.latitude=-10.25")
     done = sh("stty -F /dev/ttyGPS0 4800 raw -echo && timeout 5 head -c 400 /dev/ttyGPS0", as_nobody=True)
     assert "$GPRMC," in done.stdout and ",1015.0000,S," in done.stdout, done.stderr

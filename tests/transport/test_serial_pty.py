@@ -31,6 +31,7 @@ TIOCEXCL = 0x540C
 # flood the program with a numbered sequence, keeping what the queue refused.
 LOOPBACK = """
 import errno
+import time
 from pykld import Module, Mutex, callout_init_mtx, callout_reset
 from pykld.tty import LineSettings, SerialDevice, make_tty
 
@@ -50,7 +51,10 @@ class Loopback(SerialDevice):
         if line.speed == 12345:
             raise OSError(errno.EINVAL, "no 12345 baud here")
         self.events.append(("param", str(line)))
-    def open(self, tty): self.events.append(("open",))
+    slow_open = 0.0
+    def open(self, tty):
+        time.sleep(self.slow_open)  # a device slow to open: the program may have come and gone meanwhile
+        self.events.append(("open",))
     def close(self, tty): self.events.append(("close",))
     def flood(self, tty, count):
         with self.mtx:
@@ -195,10 +199,13 @@ def test_modem_lines_are_enotty_on_a_pty_and_pyserial_opens_anyway(loopback) -> 
 # -- stty -------------------------------------------------------------------------------------------
 
 
-def test_stty_sets_the_speed_the_device_hears_even_when_it_closes_at_once(loopback) -> None:
+@pytest.mark.parametrize("slow_open", [0.0, 0.3])
+def test_stty_sets_the_speed_the_device_hears_even_when_it_closes_at_once(loopback, slow_open: float) -> None:
     device, _, path = loopback()
+    device.slow_open = slow_open
     assert stty("-F", path, "4800", "raw", "-echo").returncode == 0
-    assert heard(device, ("param", "4800 8N1"))
+    assert heard(device, ("close",))
+    assert ("param", "4800 8N1") in device.events[: device.events.index(("close",))]  # before its close
     assert "speed 4800 baud" in stty("-F", path).stdout  # termios persist across opens
 
 
@@ -243,8 +250,10 @@ def test_opens_and_closes_reach_the_device_once_per_program(loopback) -> None:
     assert [e for e in device.events if e[0] in ("open", "close")] == [("open",), ("close",)]
 
 
-def test_what_a_program_writes_just_before_it_closes_reaches_the_device(loopback) -> None:
+@pytest.mark.parametrize("slow_open", [0.0, 0.3])
+def test_what_a_program_writes_just_before_it_closes_reaches_the_device(loopback, slow_open: float) -> None:
     device, _, path = loopback()
+    device.slow_open = slow_open  # 0.3: the program has closed before the device has opened
     fd = os.open(path, os.O_RDWR | os.O_NOCTTY)
     termios_raw(fd)  # else n_tty maps CR to NL, and echoes the device's answer back to it
     os.write(fd, b"$PUBX,40,GLL,0,0*5C\r\nhalf a sen")
@@ -262,6 +271,22 @@ def test_a_program_that_stops_reading_loses_nothing_the_device_sent(loopback) ->
         assert wait_for(lambda: device.refused > 0)  # the program's queue is full, back to the device
         got = port.read(count * 9)
     assert got == b"".join(b"%08d\n" % i for i in range(count))
+
+
+def test_a_flush_of_the_input_takes_what_waited_on_the_way_too(loopback) -> None:
+    device, tty, path = loopback()
+    with serial.Serial(path, 115200, timeout=1) as port:
+        assert heard(device, ("open",))
+        device.flood(tty, 30000)
+        assert wait_for(lambda: device.refused > 0)  # the program's queue, the transport's and the tty's: full
+        still = len(device.unsent)
+        port.reset_input_buffer()
+        after = b""
+        while chunk := port.read(65536):
+            after += chunk
+    # What reaches the program after its flush is what the device had not sent yet,
+    # give or take one pty buffer refilled in the moment: not the 64 KiB the tty held.
+    assert len(after) < still + 32 * 1024
 
 
 def test_a_program_on_the_pty_is_hung_up_when_the_device_goes(ptys, loopback) -> None:
