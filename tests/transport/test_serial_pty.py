@@ -291,8 +291,9 @@ def test_a_flush_of_the_input_takes_what_waited_on_the_way_too(loopback) -> None
 
 def test_a_program_on_the_pty_is_hung_up_when_the_device_goes(ptys, loopback) -> None:
     kernel, _ = ptys
-    _, _, path = loopback()
+    device, _, path = loopback()
     with serial.Serial(path, 115200, timeout=1) as port:
+        assert heard(device, ("open",))  # the transport has seen the program's open
         with pytest.raises(OSError) as busy:
             kernel.kldunload("loopback")
         assert busy.value.errno == errno.EBUSY  # open, as a real port's driver would be
