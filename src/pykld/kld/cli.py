@@ -19,6 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publishing(run, "/run/pykld/dev")
     run.add_argument("--demo", action="store_true",
                      help='write "hi rust" to the first device and read it back, then keep serving')
+    run.add_argument("--console", action="store_true",
+                     help="print the message buffer (printf, driver faults) on stderr as it is written")
     _add_kld_commands(sub)
     return parser
 
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return runner.run(args.module, transport=args.transport, dev_dir=args.dev_dir,
-                              bind=not args.no_bind, demo=args.demo)
+                              bind=not args.no_bind, demo=args.demo, console=args.console)
     except OSError as exc:
         print(f"pykld: {describe(exc)}", file=sys.stderr)
         return 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 
 from pykld.kernel.kernel import Kernel
@@ -47,14 +48,31 @@ def _demo_sim(kernel: Kernel, path: str) -> None:
               f"{f.read().decode(errors='replace')}", end="")
 
 
+def _echo_console(kernel: Kernel, finished: threading.Event) -> None:
+    """A FreeBSD console: every line of the message buffer on stderr, as it is written,
+    up to the last one the unload printed."""
+    seq = 0
+    while True:
+        last = finished.is_set()
+        seq, lines = kernel.msgbuf.since(seq, timeout=0.5)
+        for line in lines:
+            print(line.format(kernel.msgbuf.boot), file=sys.stderr, flush=True)
+        if last:
+            return
+
+
 def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
-        demo: bool = False) -> int:
+        demo: bool = False, console: bool = False) -> int:
     choice = registry.pick(transport)
     stop = threading.Event()
     # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
     # during the clean-up must not kill the process halfway through unmounting.
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     kernel = Kernel()
+    finished = threading.Event()
+    echo = threading.Thread(target=_echo_console, args=(kernel, finished), name="pykld-console", daemon=True)
+    if console:
+        echo.start()
     published = registry.make_transport(kernel, choice.name, dev_dir, bind)
     in_process = published.name == "sim"
     try:
@@ -80,5 +98,8 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
     finally:
         kernel.shutdown()
         published.stop()
+        finished.set()
+        if echo.is_alive():
+            echo.join(2)  # what the unload printed is on the console before the process ends
         for signum, handler in previous.items():
             signal.signal(signum, handler)
