@@ -159,6 +159,8 @@ def test_tmp102_pointer_persists_for_plain_reads(bus: Client) -> None:
     bus.f.write(b"\x01")  # pointer to config
     assert bus.f.read(2) == b"\x60\xa0"
     assert bus.f.read(2) == b"\x60\xa0"  # no auto-increment
+    assert bus.f.read(1) == b"\x60"
+    assert bus.f.read(2) == b"\x60\xa0"  # a new transaction starts with the MSB
     assert bus.read_byte_data(0) == 0x19  # i2cget b: the MSB
 
 
