@@ -1,0 +1,109 @@
+"""examples/i2c_sensors.py over CUSE (inside the VM): a true character device /dev/i2c-1 that
+i2c-tools and smbus2 drive, with the stock kernel's i2c-stub as the oracle for what
+i2cdetect prints and which errnos i2c-dev gives for bad input."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from i2c_tools import (
+    EXPECTED_ERRNOS,
+    check_absent_address,
+    check_as_nobody,
+    check_bad_input,
+    check_eeprom,
+    check_i2cdetect,
+    check_smbus2,
+    check_temperature,
+    errnos_of_bad_calls,
+    have_i2c_tools,
+    ok,
+    run,
+)
+from transport.conftest import EXAMPLES, require
+
+from pykld import Kernel
+from pykld.transport.cuse import CuseTransport, cuse_available
+
+BUS = 1
+
+
+@pytest.fixture(scope="module")
+def sensors() -> Iterator[Kernel]:
+    require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
+    require("I2C_TOOLS", have_i2c_tools(), "i2c-tools is not installed (Debian package i2c-tools)")
+    kernel = Kernel()
+    transport = CuseTransport(kernel)
+    transport.start()
+    try:
+        kernel.kldload(str(EXAMPLES / "i2c_sensors.py"))
+        yield kernel
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def sysctl_of(kernel: Kernel):  # type: ignore[no-untyped-def]
+    def sysctl(name: str, value: str | None) -> str:
+        if value is not None:
+            kernel.sysctl(name, value)  # type: ignore[attr-defined]
+        return str(kernel.sysctl(name))  # type: ignore[attr-defined]
+    return sysctl
+
+
+@pytest.fixture(scope="module")
+def stub_bus(sensors: Kernel) -> Iterator[int]:
+    """The kernel's own SMBus stub with chips at 0x48 and 0x50, behind the kernel's i2c-dev."""
+    loaded = run("modprobe", "i2c-dev") .returncode == 0 and \
+        run("modprobe", "i2c-stub", "chip_addr=0x48,0x50").returncode == 0
+    require("VM", loaded, "i2c-dev and i2c-stub do not load here")
+    try:
+        names = {p.parent.name: p.read_text().strip() for p in Path("/sys/class/i2c-dev").glob("*/name")}
+        number = next(int(dev.split("-")[1]) for dev, name in names.items() if name.startswith("SMBus stub"))
+        assert number != BUS, f"the stub took bus {BUS}"
+        yield number
+    finally:
+        run("rmmod", "i2c-stub")
+
+
+def test_a_true_character_device(sensors: Kernel) -> None:
+    assert stat.S_ISCHR(os.stat(f"/dev/i2c-{BUS}").st_mode)
+    assert stat.S_IMODE(os.stat(f"/dev/i2c-{BUS}").st_mode) == 0o666
+
+
+def test_i2cdetect_prints_what_it_prints_for_the_kernel_s_stub(sensors: Kernel, stub_bus: int) -> None:
+    check_i2cdetect(BUS)
+    assert ok("i2cdetect", "-y", str(BUS)) == ok("i2cdetect", "-y", str(stub_bus))
+
+
+def test_bad_input_gets_the_errnos_of_the_kernel_s_i2c_dev(sensors: Kernel, stub_bus: int) -> None:
+    assert errnos_of_bad_calls(stub_bus) == EXPECTED_ERRNOS  # the oracle agrees with the table
+    check_bad_input(BUS)
+
+
+def test_an_absent_chip_fails_as_on_the_stub(sensors: Kernel, stub_bus: int) -> None:
+    check_absent_address(BUS)
+    stub = subprocess.run(["i2cget", "-y", str(stub_bus), "0x51", "0x00"], capture_output=True, text=True,
+                          check=False)
+    assert (stub.returncode, stub.stderr.strip()) == (2, "Error: Read failed")
+
+
+def test_i2cget_reads_the_temperature_sysctl_set(sensors: Kernel) -> None:
+    check_temperature(BUS, sysctl_of(sensors))
+
+
+def test_eeprom_through_i2cset_i2ctransfer_and_i2cdump(sensors: Kernel) -> None:
+    check_eeprom(BUS, sysctl_of(sensors))
+
+
+def test_smbus2_and_i2c_rdwr(sensors: Kernel) -> None:
+    check_smbus2(BUS)
+
+
+def test_nobody_drives_the_0666_bus(sensors: Kernel) -> None:
+    check_as_nobody(BUS)
