@@ -433,3 +433,67 @@ def test_read_and_write_are_clamped_to_8192(bus: Client) -> None:
     assert len(bus.f.read(10000)) == 8192
     assert bus.f.write(bytes(9000)) == 8192
     assert bus.f.read(0) == b""
+
+
+# -- sysctl: the chips' state from outside -------------------------------------------------------
+
+def test_temperature_sysctl_drives_the_register(sensors: Kernel, bus: Client) -> None:
+    bus.slave(TMP)
+    assert sensors.sysctl("dev.tmp102.0.temperature") == 25.0
+    sensors.sysctl("dev.tmp102.0.temperature", "-25")
+    assert bus.read_word_data(0) == 0x00E7
+    assert errno_of(lambda: sensors.sysctl("dev.tmp102.0.temperature", 200.0)) == errno.EINVAL
+    assert sensors.sysctl("dev.tmp102.0.temperature") == -25.0
+
+
+def test_eeprom_contents_sysctl_reads_and_writes_the_memory(sensors: Kernel, bus: Client) -> None:
+    bus.slave(EEPROM)
+    bus.write_byte_data(0x03, 0x5A)
+    assert sensors.sysctl("dev.eeprom.0.contents") == b"\xff" * 3 + b"\x5a" + b"\xff" * 252
+    sensors.sysctl("dev.eeprom.0.contents", bytes(range(256)).hex())
+    assert bus.read_i2c_block_data(0xF0, 16) == bytes(range(0xF0, 0x100))
+    assert errno_of(lambda: sensors.sysctl("dev.eeprom.0.contents", "00")) == errno.EINVAL
+
+
+def test_counters_count_transactions_and_bytes(sensors: Kernel, bus: Client) -> None:
+    bus.slave(TMP)
+    bus.read_word_data(0)  # [W 0x00][R 2]
+    bus.write_word_data(2, 0x0050)  # [W 0x02 0x50 0x00]
+    values = {oid.name.rsplit(".", 1)[1]: oid.value() for oid in sensors.sysctl_list("dev.tmp102.0")}
+    assert values == {"desc": "TI TMP102 temperature sensor", "location": "addr=0x48", "transfers": 2,
+                      "messages": 3, "bytes_read": 2, "bytes_written": 4, "temperature": 25.0}
+    assert errno_of(lambda: sensors.sysctl("dev.tmp102.0.transfers", 0)) == errno.EPERM
+
+
+def test_a_second_chip_of_a_kind_is_the_next_unit_and_unload_frees_the_names(
+        kernel: Kernel, load_driver: Callable[..., int]) -> None:
+    load_driver("""
+        from pykld import Module, make_dev
+        from pykld.bus import I2CBus
+        from i2c_sensors import TMP102
+        class Two(Module):
+            name = "two"
+            def load(self):
+                bus = I2CBus()
+                bus.attach(0x48, TMP102(20.0))
+                bus.attach(0x49, TMP102(30.0))
+                make_dev(bus, "i2c-8")
+    """, "two")
+    assert [kernel.sysctl(f"dev.tmp102.{unit}.location") for unit in (0, 1)] == ["addr=0x48", "addr=0x49"]
+    assert kernel.sysctl("dev.tmp102.1.temperature") == 30.0
+    kernel.kldunload("two")
+    assert errno_of(lambda: kernel.sysctl_list("dev.tmp102")) == errno.ENOENT
+
+
+def test_rdwr_fetches_every_buffer_in_one_round(bus: Client) -> None:
+    """copyin_many: the argument, the message table, then all the buffers at once."""
+    reads: list[int] = []
+    real = bus.mem.read_many
+
+    def counting(iovecs: list[tuple[int, int]]) -> list[bytes]:
+        reads.append(len(iovecs))
+        return real(iovecs)
+
+    bus.mem.read_many = counting  # type: ignore[method-assign]
+    bus.rdwr(*[(EEPROM, 0, b"\x00\x01")] * 5, (EEPROM, M_RD, 4))
+    assert reads == [6]  # the six buffers in one call (the two structures come by copyin)

@@ -38,17 +38,7 @@ from pykld.bus.smbus import (
     I2C_SMBUS_WRITE,
     smbus_xfer,
 )
-from pykld.kpi import CharacterDevice, OpenFile, Uio, copyin, copyout
-
-try:
-    from pykld.kpi import copyin_many, sysctl_add  # type: ignore[attr-defined]
-except ImportError:  # before the KPI has them: one range per call, no sysctl nodes
-    def copyin_many(ranges: list[tuple[int, int]]) -> list[bytes]:
-        return [copyin(addr, size) for addr, size in ranges]
-
-    def sysctl_add(name: str, kind: str, get: Callable[[], Any], set: Callable[[Any], None] | None = None,
-                   descr: str = "") -> object:
-        return None
+from pykld.kpi import CharacterDevice, OpenFile, Uio, copyin, copyin_many, copyout, sysctl_add
 
 # <linux/i2c-dev.h>: none of these is _IOC-encoded, so FUSE carries only the integer argument.
 I2C_RETRIES = 0x0701
@@ -94,7 +84,7 @@ class I2CPeripheral:
     (a chip busy in its write cycle), OSError(EREMOTEIO) for a NAK of data.
 
     Its sysctl nodes live under dev.NAME.UNIT (`name`; the first unit free):
-    %desc, %location, transfer and byte counters, and `sysctl_nodes()`.
+    desc, location (FreeBSD's %desc, %location), transfer and byte counters, and `sysctl_nodes()`.
     """
 
     name: ClassVar[str] = "i2c"
@@ -148,7 +138,7 @@ class I2CPeripheral:
         unit = 0
         while True:  # the first unit whose name is free, as a FreeBSD devclass numbers them
             try:
-                sysctl_add(f"dev.{self.name}.{unit}.%desc", "str", lambda: self.description)
+                sysctl_add(f"dev.{self.name}.{unit}.desc", "str", lambda: self.description, descr="what the chip is")
                 break
             except OSError as exc:
                 if exc.errno != errno.EEXIST:
@@ -156,7 +146,7 @@ class I2CPeripheral:
                 unit += 1
         self.unit = unit
         nodes = [
-            ("%location", "str", lambda: f"addr={self.addr:#04x}", None, "address on the bus"),
+            ("location", "str", lambda: f"addr={self.addr:#04x}", None, "address on the bus"),
             ("transfers", "uint", lambda: self.transfers, None, "transactions addressed to the chip"),
             ("messages", "uint", lambda: self.messages, None, "messages in those transactions"),
             ("bytes_read", "uint", lambda: self.bytes_read, None, "bytes the master read"),
