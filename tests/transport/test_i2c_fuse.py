@@ -13,6 +13,7 @@ import fcntl
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 
@@ -27,10 +28,13 @@ from i2c_tools import (
     check_temperature,
     have_i2c_tools,
     ok,
+    run,
 )
 from test_cli import Pykld
 
-from transport.conftest import require, require_fuse, require_root
+from pykld import Kernel
+from pykld.transport.fuse import FuseTransport
+from transport.conftest import EXAMPLES, require, require_fuse, require_root
 
 BUS = 1
 
@@ -108,5 +112,44 @@ def test_read_and_write_after_i2c_slave(daemon: Pykld) -> None:
         fcntl.ioctl(fd, 0x0703, 0x48)  # I2C_SLAVE: an integer, which FUSE always carries
         assert os.write(fd, b"\x01") == 1
         assert os.read(fd, 2) == b"\x60\xa0"
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def without_caller_memory(monkeypatch: pytest.MonkeyPatch, dev_dir: str) -> Iterator[int]:
+    """The bus over FUSE where the daemon may not reach callers' memory (as without ptrace
+    rights; PYKLD_FUSE_USER_MEMORY=off says so), as /dev/i2c-11."""
+    require_root()
+    require_fuse()
+    require("I2C_TOOLS", have_i2c_tools(), "i2c-tools is not installed (Debian package i2c-tools)")
+    assert not os.path.lexists("/dev/i2c-11"), "/dev/i2c-11 exists here already"
+    monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "off")
+    monkeypatch.setenv("PYKLD_I2C_SENSORS_BUS", "11")
+    kernel = Kernel()
+    transport = FuseTransport(kernel, dev_dir, bind=True)
+    transport.start()
+    try:
+        kernel.kldload(str(EXAMPLES / "i2c_sensors.py"))
+        transport.settle()  # the bind at /dev/i2c-11 is made by the transport's own thread
+        yield 11
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def test_without_caller_memory_pointer_ioctls_are_eopnotsupp_and_read_write_work(without_caller_memory: int) -> None:
+    bus = without_caller_memory
+    done = run("i2cdetect", "-y", str(bus))
+    assert (done.returncode, done.stderr.strip()) == (
+        1, "Error: Could not get the adapter functionality matrix: Operation not supported")
+    smbus2 = run(sys.executable, "-c", f"import smbus2; smbus2.SMBus({bus})")
+    assert "OSError: [Errno 95] Operation not supported" in smbus2.stderr
+    fd = os.open(f"/dev/i2c-{bus}", os.O_RDWR)
+    try:
+        fcntl.ioctl(fd, 0x0703, 0x50)  # I2C_SLAVE
+        assert os.write(fd, b"\x20\x11\x22") == 3  # a byte write at 0x20 and 0x21
+        assert os.write(fd, b"\x20") == 1
+        assert os.read(fd, 2) == b"\x11\x22"
     finally:
         os.close(fd)
