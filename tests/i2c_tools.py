@@ -187,3 +187,29 @@ def check_bad_input(bus: int) -> None:
     """Linux's errnos for bad I2C_RDWR and I2C_SMBUS calls, and the bus goes on serving."""
     assert errnos_of_bad_calls(bus) == EXPECTED_ERRNOS
     assert ok("i2cget", "-y", str(bus), "0x48", "0x01", "w").strip() == "0xa060"
+
+
+class I2CSensorsSuite:
+    """The checks as tests, for each transport: a subclass named Test... in the transport's
+    test file, where a fixture `i2c` gives (bus number, sysctl)."""
+
+    def test_i2cdetect_lists_exactly_48_and_50(self, i2c: tuple[int, Sysctl]) -> None:
+        check_i2cdetect(i2c[0])
+
+    def test_i2cget_reads_the_temperature_sysctl_set(self, i2c: tuple[int, Sysctl]) -> None:
+        check_temperature(*i2c)
+
+    def test_eeprom_through_i2cset_i2ctransfer_and_i2cdump(self, i2c: tuple[int, Sysctl]) -> None:
+        check_eeprom(*i2c)
+
+    def test_smbus2_and_i2c_rdwr(self, i2c: tuple[int, Sysctl]) -> None:
+        check_smbus2(i2c[0])
+
+    def test_an_absent_chip_is_read_failed(self, i2c: tuple[int, Sysctl]) -> None:
+        check_absent_address(i2c[0])
+
+    def test_nobody_drives_the_0666_bus(self, i2c: tuple[int, Sysctl]) -> None:
+        check_as_nobody(i2c[0])
+
+    def test_bad_input_gets_linux_errnos_and_the_bus_keeps_serving(self, i2c: tuple[int, Sysctl]) -> None:
+        check_bad_input(i2c[0])

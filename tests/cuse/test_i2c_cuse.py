@@ -14,13 +14,9 @@ from pathlib import Path
 import pytest
 from i2c_tools import (
     EXPECTED_ERRNOS,
-    check_absent_address,
-    check_as_nobody,
-    check_bad_input,
-    check_eeprom,
+    I2CSensorsSuite,
+    Sysctl,
     check_i2cdetect,
-    check_smbus2,
-    check_temperature,
     errnos_of_bad_calls,
     have_i2c_tools,
     ok,
@@ -53,7 +49,7 @@ def sensors() -> Iterator[Kernel]:
         transport.stop()
 
 
-def sysctl_of(kernel: Kernel):  # type: ignore[no-untyped-def]
+def sysctl_of(kernel: Kernel) -> Sysctl:
     def sysctl(name: str, value: str | None) -> str:
         if value is not None:
             kernel.sysctl(name, value)
@@ -89,27 +85,18 @@ def test_i2cdetect_prints_what_it_prints_for_the_kernel_s_stub(sensors: Kernel, 
 
 def test_bad_input_gets_the_errnos_of_the_kernel_s_i2c_dev(sensors: Kernel, stub_bus: int) -> None:
     assert errnos_of_bad_calls(stub_bus) == EXPECTED_ERRNOS  # the oracle agrees with the table
-    check_bad_input(BUS)
 
 
 def test_an_absent_chip_fails_as_on_the_stub(sensors: Kernel, stub_bus: int) -> None:
-    check_absent_address(BUS)
     stub = subprocess.run(["i2cget", "-y", str(stub_bus), "0x51", "0x00"], capture_output=True, text=True,
                           check=False)
     assert (stub.returncode, stub.stderr.strip()) == (2, "Error: Read failed")
 
 
-def test_i2cget_reads_the_temperature_sysctl_set(sensors: Kernel) -> None:
-    check_temperature(BUS, sysctl_of(sensors))
+@pytest.fixture
+def i2c(sensors: Kernel) -> tuple[int, Sysctl]:
+    return BUS, sysctl_of(sensors)
 
 
-def test_eeprom_through_i2cset_i2ctransfer_and_i2cdump(sensors: Kernel) -> None:
-    check_eeprom(BUS, sysctl_of(sensors))
-
-
-def test_smbus2_and_i2c_rdwr(sensors: Kernel) -> None:
-    check_smbus2(BUS)
-
-
-def test_nobody_drives_the_0666_bus(sensors: Kernel) -> None:
-    check_as_nobody(BUS)
+class TestOverCuse(I2CSensorsSuite):
+    """i2c-tools and smbus2, each check of tests/i2c_tools.py."""

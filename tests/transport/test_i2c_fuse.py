@@ -18,18 +18,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
-from i2c_tools import (
-    check_absent_address,
-    check_as_nobody,
-    check_bad_input,
-    check_eeprom,
-    check_i2cdetect,
-    check_smbus2,
-    check_temperature,
-    have_i2c_tools,
-    ok,
-    run,
-)
+from i2c_tools import I2CSensorsSuite, Sysctl, check_bad_input, have_i2c_tools, ok, run
 from test_cli import Pykld
 
 from pykld import Kernel
@@ -58,38 +47,23 @@ def daemon() -> Iterator[Pykld]:
         shutil.rmtree(tool.run_dir, ignore_errors=True)
 
 
-def sysctl_of(daemon: Pykld):  # type: ignore[no-untyped-def]
+def sysctl_of(daemon: Pykld) -> Sysctl:
     def sysctl(name: str, value: str | None) -> str:
         out = daemon.ok("sysctl", name if value is None else f"{name}={value}").stdout.strip()
         return out.split(": ", 1)[1].split(" -> ")[-1]
     return sysctl
 
 
-def test_i2cdetect_lists_exactly_48_and_50(daemon: Pykld) -> None:
-    check_i2cdetect(BUS)
+@pytest.fixture
+def i2c(daemon: Pykld) -> tuple[int, Sysctl]:
+    return BUS, sysctl_of(daemon)
 
 
-def test_i2cget_reads_the_temperature_sysctl_set(daemon: Pykld) -> None:
-    check_temperature(BUS, sysctl_of(daemon))
+class TestOverFuse(I2CSensorsSuite):
+    """i2c-tools and smbus2, each check of tests/i2c_tools.py."""
 
 
-def test_eeprom_through_i2cset_i2ctransfer_and_i2cdump(daemon: Pykld) -> None:
-    check_eeprom(BUS, sysctl_of(daemon))
-
-
-def test_smbus2_and_i2c_rdwr(daemon: Pykld) -> None:
-    check_smbus2(BUS)
-
-
-def test_an_absent_chip_is_read_failed(daemon: Pykld) -> None:
-    check_absent_address(BUS)
-
-
-def test_nobody_drives_the_0666_bus(daemon: Pykld) -> None:
-    check_as_nobody(BUS)
-
-
-def test_bad_input_gets_linux_errnos_and_the_daemon_keeps_serving(daemon: Pykld) -> None:
+def test_bad_input_leaves_no_traceback(daemon: Pykld) -> None:
     check_bad_input(BUS)
     assert "Traceback" not in ok("cat", os.path.join(daemon.run_dir, "daemon.log"))
 
