@@ -16,7 +16,7 @@ import errno
 import os
 
 from pykld import Module, make_dev
-from pykld.bus import I2CBus, RegisterMap
+from pykld.bus import I2CBus, RegisterMap, SysctlNode
 
 
 class TMP102(RegisterMap):
@@ -47,7 +47,7 @@ class TMP102(RegisterMap):
             raise OSError(errno.EINVAL, f"{celsius} C is outside -128..127.9375")
         self.celsius = celsius
 
-    def sysctl_nodes(self):  # type: ignore[no-untyped-def]
+    def sysctl_nodes(self) -> list[SysctlNode]:
         return [("temperature", "float", lambda: self.celsius, self.set_celsius, "the reading, degrees C")]
 
 
@@ -76,7 +76,7 @@ class EEPROM24C02(RegisterMap):
             raise OSError(errno.EINVAL, f"the EEPROM holds {len(self.memory)} bytes, not {len(data)}")
         self.memory[:] = data
 
-    def sysctl_nodes(self):  # type: ignore[no-untyped-def]
+    def sysctl_nodes(self) -> list[SysctlNode]:
         return [("contents", "hex", lambda: bytes(self.memory), self.set_contents, "all 256 bytes")]
 
 

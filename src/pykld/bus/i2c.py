@@ -69,6 +69,10 @@ SMBUS_DATA_SIZE = I2C_SMBUS_BLOCK_MAX + 2  # union i2c_smbus_data
 INT_MAX = (1 << 31) - 1
 
 
+#: A chip's own sysctl node: (leaf, kind, get, set or None, description).
+SysctlNode = tuple[str, str, Callable[[], Any], Callable[[Any], None] | None, str]
+
+
 def _error(code: int, why: str) -> OSError:
     return OSError(code, why, None)
 
@@ -117,8 +121,8 @@ class I2CPeripheral:
     def stop(self) -> None:
         """The transaction ended (STOP, or a repeated START to another chip)."""
 
-    def sysctl_nodes(self) -> list[tuple[str, str, Callable[[], Any], Callable[[Any], None] | None, str]]:
-        """Nodes of this chip beyond the counters: (leaf, kind, get, set or None, description)."""
+    def sysctl_nodes(self) -> list[SysctlNode]:
+        """Nodes of this chip beyond the counters, under its dev.NAME.UNIT."""
         return []
 
     # -- the bus's side ----------------------------------------------------------------
@@ -145,7 +149,7 @@ class I2CPeripheral:
                     raise
                 unit += 1
         self.unit = unit
-        nodes = [
+        nodes: list[SysctlNode] = [
             ("location", "str", lambda: f"addr={self.addr:#04x}", None, "address on the bus"),
             ("transfers", "uint", lambda: self.transfers, None, "transactions addressed to the chip"),
             ("messages", "uint", lambda: self.messages, None, "messages in those transactions"),
