@@ -337,3 +337,16 @@ def test_counters_count_messages_transfers_bytes_and_frames(f: SimFile, mem: Sim
     f.read(4)
     stats = bus.spidev.stats
     assert (stats.messages, stats.transfers, stats.bytes, stats.frames) == (2, 3, 7, 3)
+
+
+def test_spidevs_mask_and_the_controllers_limits_apply_to_a_custom_controller(
+        kernel: Kernel, load_driver: Callable[..., int]) -> None:
+    """A controller that could do SPI_CS_WORD (0x1000) still gets EINVAL from spidev, whose
+    mask leaves it out; a device declared faster than its controller starts at the controller's."""
+    load_driver(RECORDER.replace("max_speed_hz=2_000_000", "max_speed_hz=10**9, controller=spi.SpiController("
+                                 "mode_bits=0x10FF, max_speed_hz=8_000_000)")
+                .replace("from pykld.bus.spi import", "from pykld.bus import spi\n    from pykld.bus.spi import"))
+    with kernel.open(DEV, os.O_RDWR) as f:
+        assert errno_of(lambda: f.ioctl(spi.SPI_IOC_WR_MODE32, struct.pack("=I", 0x1000))) == errno.EINVAL
+        assert f.ioctl(spi.SPI_IOC_WR_MODE, bytes([spi.SPI_NO_CS])).result == 0  # this controller has it
+        assert get_u32(f, spi.SPI_IOC_RD_MAX_SPEED_HZ) == 8_000_000

@@ -53,6 +53,7 @@ def test_codes_clamp_at_0_and_1023(adc: Adc) -> None:
     adc.chip.volts[3] = 5.0
     adc.chip.volts[4] = -1.0
     assert (adc.single(3), adc.single(4)) == (1023, 0)
+    assert adc.xfer(1, 0xC0, 0) == [0xFF, 0xF8, 0]  # high-impedance through the sample clock, then null, B9..
 
 
 def test_differential_pairs_convert_the_difference_and_never_go_negative(adc: Adc) -> None:
