@@ -328,6 +328,8 @@ class Daemon:
                 return control.ok(**self.service.load(req.args["target"], req.args["transport"]))
             if req.op == "unload":
                 return control.ok(**self.service.unload(req.args["target"], req.args["force"]))
+            if req.op == "sysctl":
+                return control.ok(**self.service.sysctl(req.args["name"], req.args["value"]))
             return control.ok(**self.service.stat(req.args["verbose"]))
         except OSError as exc:
             return control.error_from(exc)

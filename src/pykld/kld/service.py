@@ -17,6 +17,7 @@ from typing import Any
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
 from pykld.kernel.modules import resolve
+from pykld.kernel.sysctl import SysctlOid
 from pykld.kld.trust import trusted_module_file
 from pykld.transport.registry import Transport
 
@@ -79,6 +80,24 @@ class Service:
         if verbose:
             device["stats"] = dataclasses.asdict(cdev.stats)
         return device
+
+    def sysctl(self, name: str, value: str | None) -> dict[str, Any]:
+        """The nodes at or below `name` (every node for ""), or, given a value, that
+        node set, with its old value.  Values travel as sysctl(8) prints them."""
+        if value is None:
+            return {"nodes": [self._sysctl_node(oid) for oid in self.kernel.sysctl_list(name)]}
+        oid = self.kernel.sysctls.find(name)
+        old = self.kernel.sysctl(name, value)
+        return {"nodes": [self._sysctl_node(oid)], "old": oid.format(old)}
+
+    def _sysctl_node(self, oid: SysctlOid) -> dict[str, Any]:
+        node: dict[str, Any] = {"name": oid.name, "kind": oid.kind, "descr": oid.descr, "writable": oid.writable}
+        try:
+            node["value"] = oid.format(self.kernel.sysctl_read(oid))
+        except OSError as exc:  # one broken node does not hide the others from sysctl -a
+            node["error"] = exc.errno
+            node["message"] = exc.strerror
+        return node
 
     def dmesg(self) -> tuple[int, Iterator[list[str]]]:
         """The message buffer now: its sequence number (to follow from) and chunks of lines."""
