@@ -18,9 +18,10 @@ and conversions (a counter).
 
 from __future__ import annotations
 
+import errno
 import math
 
-from pykld import Module
+from pykld import Module, sysctl_add
 from pykld.bus.spi import SpiPeripheral, SpiWire, make_spidev
 
 CHANNELS = 8
@@ -85,8 +86,24 @@ class SpiAdcModule(Module):
     name = "spi_adc"
 
     def load(self) -> None:
-        self.adc = MCP3008()
-        self.spidev = make_spidev(self.adc, 0, 1, perms=0o666, max_speed_hz=1_350_000)
+        self.adc = adc = MCP3008()
+        self.spidev = make_spidev(adc, 0, 1, perms=0o666, max_speed_hz=1_350_000)
+        node = "dev.mcp3008.0"
+        sysctl_add(f"{node}.vref", "float", lambda: adc.vref, self.set_vref, "reference voltage, V")
+        for ch in range(CHANNELS):
+            sysctl_add(f"{node}.ch{ch}", "float", lambda ch=ch: adc.volts[ch],
+                       lambda volts, ch=ch: self.set_volts(ch, volts), f"input CH{ch}, V (0..vref)")
+        sysctl_add(f"{node}.conversions", "uint", lambda: adc.conversions, descr="conversions started")
+
+    def set_vref(self, volts: float) -> None:
+        if not 0 < volts <= 5.5:
+            raise OSError(errno.EINVAL, f"vref {volts} V: the MCP3008 takes up to 5.5 V")
+        self.adc.vref = volts
+
+    def set_volts(self, ch: int, volts: float) -> None:
+        if not 0 <= volts <= self.adc.vref:
+            raise OSError(errno.EINVAL, f"{volts} V on CH{ch}: inputs are from 0 to vref ({self.adc.vref} V)")
+        self.adc.volts[ch] = volts
 
     def unload(self) -> None:
         self.spidev.destroy()

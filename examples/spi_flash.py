@@ -34,7 +34,7 @@ import os
 import threading
 import time
 
-from pykld import M_WAITOK, MallocType, Module, free, malloc
+from pykld import M_WAITOK, MallocType, Module, free, malloc, sysctl_add
 from pykld.bus.spi import SpiPeripheral, SpiWire, make_spidev
 
 SIZE = 8 << 20
@@ -239,8 +239,21 @@ class SpiFlashModule(Module):
     name = "spi_flash"
 
     def load(self) -> None:
-        self.flash = W25Q64()
-        self.spidev = make_spidev(self.flash, 0, 0, perms=0o666, max_speed_hz=50_000_000)
+        self.flash = flash = W25Q64()
+        self.spidev = make_spidev(flash, 0, 0, perms=0o666, max_speed_hz=50_000_000)
+        node = "dev.w25q64.0"
+        sysctl_add(f"{node}.status", "uint", flash.status, descr="status register 1 (WIP, WEL, BP0-2, TB, SEC, SRP0)")
+        sysctl_add(f"{node}.time_scale", "float", lambda: flash.time_scale, self.set_time_scale,
+                   "how long erases and programs take, in datasheet typical times (0: instant)")
+        sysctl_add(f"{node}.file", "str", lambda: flash.file, flash.set_file,
+                   "the image file that backs the array (\"\": memory)")
+        for counter in ("reads", "programs", "erases"):
+            sysctl_add(f"{node}.{counter}", "uint", lambda c=counter: getattr(flash, c), descr=f"{counter} done")
+
+    def set_time_scale(self, value: float) -> None:
+        if not 0 <= value <= 1000:
+            raise OSError(errno.EINVAL, "time_scale is from 0 (instant) to 1000")
+        self.flash.time_scale = value
 
     def unload(self) -> None:
         self.spidev.destroy()

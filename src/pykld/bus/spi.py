@@ -37,10 +37,11 @@ from pykld.kpi import (
     CharacterDevice,
     OpenFile,
     Uio,
-    copyin,
+    copyin_many,
     copyout,
     ioctl_decode,
     make_dev,
+    sysctl_add,
 )
 
 # <linux/spi/spi.h> mode bits
@@ -173,10 +174,6 @@ def _from_wire(wire: bytes, bits: int, lsb_first: bool) -> bytes:
             word = int(f"{word:0{bits}b}"[::-1], 2)
         out += word.to_bytes(size, "little")
     return bytes(out)
-
-
-def _copyin_many(ranges: list[tuple[int, int]]) -> list[bytes]:
-    return [copyin(addr, size) for addr, size in ranges]
 
 
 class SpiDev(CharacterDevice):
@@ -315,7 +312,7 @@ class SpiDev(CharacterDevice):
                 break
             if t.tx_buf and t.len:
                 tx_ranges.append((t.tx_buf, t.len))
-        fetched = iter(_copyin_many(tx_ranges))  # a bad pointer before the oversized one: EFAULT
+        fetched = iter(copyin_many(tx_ranges))  # a bad pointer before the oversized one: EFAULT
         if too_big is not None:
             raise OSError(errno.EMSGSIZE, f"transfer {too_big}: the message needs more than "
                                           f"spidev's bufsiz ({self.bufsiz}) bytes each way")
@@ -399,4 +396,14 @@ def make_spidev(peripheral: SpiPeripheral, bus: int, cs: int, *, uid: int = 0, g
     `settings`: SpiDev's mode, max_speed_hz, controller and bufsiz."""
     device = SpiDev(peripheral, **settings)  # type: ignore[arg-type]
     device.cdev = make_dev(device, f"spidev{bus}.{cs}", uid, gid, perms)
+    node = f"dev.spidev.{bus}.{cs}"
+    for name, get, descr in (
+            ("mode", lambda: device.mode, "SPI mode bits, as SPI_IOC_RD_MODE32 reads them"),
+            ("max_speed_hz", lambda: device.speed_hz, "the speed SPI_IOC_WR_MAX_SPEED_HZ set"),
+            ("bits_per_word", lambda: device.bits_per_word, "the word size SPI_IOC_WR_BITS_PER_WORD set"),
+            ("messages", lambda: device.stats.messages, "SPI_IOC_MESSAGEs, reads and writes that reached the wire"),
+            ("transfers", lambda: device.stats.transfers, "transfers clocked"),
+            ("bytes", lambda: device.stats.bytes, "bytes clocked (each way)"),
+            ("frames", lambda: device.stats.frames, "chip-select assertions")):
+        sysctl_add(f"{node}.{name}", "uint", get, descr=descr)
     return device
