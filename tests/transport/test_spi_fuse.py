@@ -5,6 +5,7 @@ are reached in the caller's memory (process_vm_readv/writev)."""
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,3 +62,33 @@ def test_a_daemon_publishes_dev_spidev0_0_and_pykld_sysctl_drives_it(pykld: Pykl
     assert refused.returncode == 1 and "read only" in refused.stderr
     pykld.ok("unload", "spi_flash")
     assert not os.path.lexists("/dev/spidev0.0")
+
+
+@pytest.fixture
+def spi_without_caller_memory(monkeypatch: pytest.MonkeyPatch, dev_dir: str) -> Iterator[str]:
+    """A daemon that may not reach its callers' memory (as without ptrace rights)."""
+    require_fuse()
+    monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "off")
+    kernel = Kernel()
+    transport = FuseTransport(kernel, dev_dir, bind=False)
+    transport.start()
+    try:
+        kernel.kldload(str(EXAMPLES / "spi_flash.py"))
+        kernel.sysctl("dev.w25q64.0.time_scale", 0.0)
+        yield transport.device_path("spidev0.0")
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def test_without_caller_memory_settings_and_read_write_work_and_messages_are_eopnotsupp(
+        spi_without_caller_memory: str) -> None:
+    out = client(spi_without_caller_memory, """
+        s.mode = 3
+        s.max_speed_hz = 5_000_000
+        out["settings"] = [s.mode, s.max_speed_hz]
+        s.writebytes([0x06])                       # write(2): WREN
+        out["readbytes"] = s.readbytes(2)
+        out["xfer2"] = oserror(lambda: s.xfer2([0x05, 0]))
+    """)
+    assert out == {"settings": [3, 5_000_000], "readbytes": [0xFF, 0xFF], "xfer2": errno.EOPNOTSUPP}
