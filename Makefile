@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-APT_BASE := python3-venv python3-pip fuse3
+APT_BASE := python3-venv python3-pip fuse3 gcc python3-dev  # gcc, python3-dev: PyPI's spidev builds from source
 APT_BENCH := libfuse3-dev pkg-config gcc
 # Real clients the bus tests drive: i2cdetect, i2cget, i2cset, i2cdump, i2ctransfer.
 APT_TEST := i2c-tools
