@@ -16,7 +16,8 @@ ALLOWED = {
     "kernel": {"kernel"},
     "kpi": {"kpi", "kernel"},
     "transport": {"transport", "kernel", "fuse"},
-    "kld": {"kld", "kernel", "transport", "fuse"},
+    "kld": {"kld", "kernel", "transport", "fuse", "testing"},
+    "testing": {"testing", "", "kpi", "kernel", "transport"},  # the pytest plugin and record/replay
     "": {"", "kernel", "kpi"},  # pykld/__init__.py: the kernel and the KPI, the package's face
     "__main__": {"kld"},
 }

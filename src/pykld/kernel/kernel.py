@@ -22,6 +22,9 @@ from pykld.kernel import kthread, modules
 from pykld.kernel.callout import Softclock
 from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
+from pykld.kernel.fail import FailRule
+from pykld.kernel.fail import add as fail_add
+from pykld.kernel.fail import clear as fail_clear
 from pykld.kernel.fault import contain, format_fault
 from pykld.kernel.fd import SimFile
 from pykld.kernel.malloc import MallocStat, MallocType
@@ -202,6 +205,24 @@ class Kernel:
              gids: tuple[int, ...] | None = None) -> SimFile:
         """Open a device in process, as open(2) would: a file with a position."""
         return SimFile(self.open_cdev(path, flags, uid, gids))
+
+    # -- fail(9) -----------------------------------------------------------------
+
+    def fail(self, device: str, op: str, action: str, value: float, *, after: int = 0, times: int | None = None,
+             prob: float | None = None, seed: int = 0, cmd: int | None = None) -> FailRule:
+        """Set a fault point on `device`'s `op` (kernel/fail.py says what each part means);
+        EINVAL for a rule that cannot apply, ENOENT for no such device.  Rules on one
+        operation are tried in the order they were set; the first that fires acts."""
+        cdev = self.lookup(device)
+        return fail_add(cdev, FailRule(cdev.name, op, action, value, after, times, prob, seed, cmd))
+
+    def fail_list(self) -> list[FailRule]:
+        return [rule for cdev in self.devfs for rule in cdev.failpoints]
+
+    def fail_clear(self, device: str | None = None, op: str | None = None) -> int:
+        """Remove the rules of `device` (every device's when None), of one `op` if given."""
+        cdevs = list(self.devfs) if device is None else [self.lookup(device)]
+        return sum(fail_clear(cdev, op) for cdev in cdevs)
 
     # -- messages and accounting -------------------------------------------------
 
