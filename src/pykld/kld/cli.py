@@ -48,6 +48,15 @@ def _add_kld_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     dmesg = sub.add_parser("dmesg", help="print the message buffer")
     dmesg.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
 
+    fail = sub.add_parser("fail", help="fault points on a device's operations (fail(9))",
+                          usage="pykld fail DEVICE OP ACTION [VALUE] [--cmd CMD] [--after N] [--times M] "
+                                "[--prob P] [--seed S] | -l | -c [DEVICE [OP]]",
+                          epilog="OP: open read write ioctl poll close. ACTION VALUE: error ERRNO, delay SECONDS, "
+                                 "short BYTES, corrupt [BYTES]. Rules go with the device when its module unloads.")
+    fail.add_argument("-l", "--list", action="store_true", help="list the rules, with their calls and firings")
+    fail.add_argument("-c", "--clear", action="store_true", help="clear the rules (of DEVICE, of its OP)")
+    fail.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
     sub.add_parser("shutdown", help="SHUTDOWN every module, unpublish the devices, stop the daemon")
 
     daemon = sub.add_parser("daemon", help="start the daemon (in the background unless --foreground)")
@@ -91,6 +100,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.dmesg(args.follow)
     if args.command == "shutdown":
         return commands.shutdown()
+    if args.command == "fail":
+        return commands.fail(args.words, args.list, args.clear)
     if args.command == "daemon":
         return commands.daemon(args.transport, args.dev_dir, not args.no_bind, args.foreground)
     return 2
