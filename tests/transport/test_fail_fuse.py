@@ -108,6 +108,7 @@ def test_a_signal_ends_an_injected_delay_with_eintr(membuf: tuple[Kernel, str]) 
         reader.send_signal(signal.SIGUSR1)
         out, _ = reader.communicate(timeout=20)  # not the 600 s of the delay
         assert out == "interrupted\n" and reader.returncode == 0
+        assert cdev.stats.reads == 0  # the read ended in EINTR during the delay, before the driver
     finally:
         if reader.poll() is None:
             reader.kill()
