@@ -1,5 +1,6 @@
 """The host under stress: `pykld run MODULE --transport fuse` in a process of its own, on a private
-devfs, and what the stress sections measure of it (threads, fds, RSS).
+devfs (or `--transport cuse`, its nodes in /dev, in the VM), and what the stress sections measure of
+it (threads, fds, RSS).
 
 Every host is stopped and its mount removed whatever happens (Host.stop, also from a finally).
 """
@@ -35,14 +36,22 @@ def private_dir(prefix: str) -> str:
 
 
 class Host:
-    """One `pykld run` serving `module` over FUSE at its own dev dir."""
+    """One `pykld run` serving `module` over FUSE at its own dev dir, or over CUSE (nodes in /dev:
+    CUSE has no dev dir of its own, so CUSE hosts must not share device names)."""
 
-    def __init__(self, module: str, name: str, env: dict[str, str] | None = None, dev_dir: str | None = None) -> None:
+    def __init__(self, module: str, name: str, env: dict[str, str] | None = None, dev_dir: str | None = None,
+                 transport: str = "fuse") -> None:
         self.module = module
-        self.dev_dir = dev_dir or private_dir(f"{name}-")
-        self.logfile = Path(self.dev_dir + ".log")
-        self.daemon = DaemonProcess(name, [*pykld_command(), "run", module, "--transport", "fuse",
-                                           "--dev-dir", self.dev_dir, "--no-bind"],
+        self.transport = transport
+        if transport == "fuse":
+            self.dev_dir = dev_dir or private_dir(f"{name}-")
+            self.logfile = Path(self.dev_dir + ".log")
+            where = ["--dev-dir", self.dev_dir, "--no-bind"]
+        else:
+            self.dev_dir = "/dev"
+            self.logfile = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+            where = []
+        self.daemon = DaemonProcess(name, [*pykld_command(), "run", module, "--transport", transport, *where],
                                     "pykld: serving", self.logfile, env=env or {})
 
     def path(self, device: str) -> str:
@@ -67,9 +76,10 @@ class Host:
 
     def stop(self, log: object = None) -> None:
         self.daemon.terminate(lambda text: None)
-        unmount(self.dev_dir)
-        with contextlib.suppress(OSError):
-            os.rmdir(self.dev_dir)
+        if self.transport == "fuse":
+            unmount(self.dev_dir)
+            with contextlib.suppress(OSError):
+                os.rmdir(self.dev_dir)
         with contextlib.suppress(OSError):
             self.logfile.unlink()
 

@@ -1,4 +1,4 @@
-"""Load: many client processes on one host over FUSE, every byte accounted for.
+"""Load: many client processes on one host over FUSE (or CUSE, in the VM), every byte accounted for.
 
 fifo: writers and readers in equal numbers.  Every transfer is a multiple of UNIT (8) bytes, and so
 is the fifo's capacity, so the fifo only ever holds whole units however reads and writes split; each
@@ -8,11 +8,14 @@ adds up per writer what all readers got (count, sum and sum of squares of the se
 lost, duplicated and reordered units are counted, and corrupt ones (a check that does not match).
 
 membuf: each process owns a disjoint region, does random pwrite/pread in it against its own copy,
-and compares every read and, at the end, the whole region.
+and compares every read and, at the end, the whole region.  Over CUSE the kernel passes every read
+and write at offset 0 (see the README), so there the clients reach their offsets with membuf's
+FIOC_WRITE/FIOC_READ ioctls instead, which carry an offset and a pointer to the bytes.
 """
 
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
 import random
@@ -26,6 +29,35 @@ from stress_host import EXAMPLES, Host, gather, reap
 UNIT = struct.Struct("<HIH")  # writer, sequence, check
 END = 0xFFFF  # the writer id of no writer
 REGION = 64 * 1024
+FIOC_READ, FIOC_WRITE = 0x4502, 0x4503  # examples/membuf.py's _IO("E", 2), _IO("E", 3)
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class FiocRwArg(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_int64), ("buf", ctypes.c_void_p), ("size", ctypes.c_size_t),
+                ("prev_size", ctypes.c_size_t), ("new_size", ctypes.c_size_t)]
+
+
+def _fioc(fd: int, cmd: int, offset: int, buf: Any, size: int) -> int:
+    arg = FiocRwArg(offset, ctypes.addressof(buf), size, 0, 0)
+    result = _libc.ioctl(fd, ctypes.c_ulong(cmd), ctypes.byref(arg))
+    if result < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code))
+    return int(result)
+
+
+def pwrite_at(fd: int, data: bytes, offset: int, transport: str) -> int:
+    if transport != "cuse":
+        return os.pwrite(fd, data, offset)
+    return _fioc(fd, FIOC_WRITE, offset, ctypes.create_string_buffer(data, len(data)), len(data))
+
+
+def pread_at(fd: int, size: int, offset: int, transport: str) -> bytes:
+    if transport != "cuse":
+        return os.pread(fd, size, offset)
+    buf = ctypes.create_string_buffer(size)
+    return buf.raw[: _fioc(fd, FIOC_READ, offset, buf, size)]
 
 
 def _unit(writer: int, seq: int) -> bytes:
@@ -89,10 +121,10 @@ def fifo_reader(path: str, reader: int, seed: int, writers_done: Any, out: Any) 
                                 "partial_bytes": len(pending), "ops": ops}))
 
 
-def run_fifo(processes: int, ops: int, log: Any) -> dict[str, Any]:
+def run_fifo(processes: int, ops: int, log: Any, transport: str = "fuse") -> dict[str, Any]:
     writers = processes // 2
     readers = processes - writers
-    host = Host(str(EXAMPLES / "fifo.py"), "stress-fifo").start("fifo")
+    host = Host(str(EXAMPLES / "fifo.py"), "stress-fifo", transport=transport).start("fifo")
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     done = ctx.Event()
@@ -150,7 +182,7 @@ def _differing(got: bytes, want: bytearray) -> int:
     return sum(a != b for a, b in zip(got, want, strict=False)) + abs(len(want) - len(got))
 
 
-def membuf_client(path: str, index: int, ops: int, seed: int, out: Any) -> None:
+def membuf_client(path: str, index: int, ops: int, seed: int, out: Any, transport: str = "fuse") -> None:
     rng = random.Random(seed)
     base = index * REGION
     mine = bytearray(REGION)
@@ -163,31 +195,31 @@ def membuf_client(path: str, index: int, ops: int, seed: int, out: Any) -> None:
             try:
                 if rng.random() < 0.5:
                     data = rng.randbytes(size)
-                    if os.pwrite(fd, data, base + offset) != size:
+                    if pwrite_at(fd, data, base + offset, transport) != size:
                         errors += 1
                     mine[offset : offset + size] = data
                 else:
-                    got = os.pread(fd, size, base + offset)
+                    got = pread_at(fd, size, base + offset, transport)
                     wrong += _differing(got, mine[offset : offset + size])
             except OSError:
                 errors += 1
-        final_wrong = _differing(os.pread(fd, REGION, base), mine)
+        final_wrong = _differing(pread_at(fd, REGION, base, transport), mine)
     finally:
         os.close(fd)
     out.put((index, {"wrong_bytes_read": wrong, "wrong_bytes_final": final_wrong, "errors": errors}))
 
 
-def run_membuf(processes: int, ops: int, log: Any) -> dict[str, Any]:
-    host = Host(str(EXAMPLES / "membuf.py"), "stress-membuf").start("membuf")
+def run_membuf(processes: int, ops: int, log: Any, transport: str = "fuse") -> dict[str, Any]:
+    host = Host(str(EXAMPLES / "membuf.py"), "stress-membuf", transport=transport).start("membuf")
     ctx = multiprocessing.get_context("fork")
     out = ctx.Queue()
     started = time.monotonic()
     try:
         # Every region exists before the clients start: nobody grows the buffer under another.
         fd = os.open(host.path("membuf"), os.O_RDWR)
-        os.pwrite(fd, b"\0", processes * REGION - 1)
+        pwrite_at(fd, b"\0", processes * REGION - 1, transport)
         os.close(fd)
-        procs = [ctx.Process(target=membuf_client, args=(host.path("membuf"), i, ops, 500 + i, out))
+        procs = [ctx.Process(target=membuf_client, args=(host.path("membuf"), i, ops, 500 + i, out, transport))
                  for i in range(processes)]
         for proc in procs:
             proc.start()
@@ -208,7 +240,7 @@ def run_membuf(processes: int, ops: int, log: Any) -> dict[str, Any]:
     return figures
 
 
-def run(processes: int, ops: int, log: Any) -> dict[str, Any]:
-    return {"fifo": run_fifo(processes, ops, log), "membuf": run_membuf(processes, ops, log)}
+def run(processes: int, ops: int, log: Any, transport: str = "fuse") -> dict[str, Any]:
+    return {"fifo": run_fifo(processes, ops, log, transport), "membuf": run_membuf(processes, ops, log, transport)}
 
 

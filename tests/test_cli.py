@@ -361,6 +361,40 @@ def test_sim_transport_says_the_devices_stay_in_the_daemon(pykld: Pykld) -> None
     assert "the daemon publishes over sim, not fuse" in other.stderr
 
 
+# -- sysctl -----------------------------------------------------------------------------------
+
+def test_sysctl_reads_sets_and_refuses_as_sysctl8_does(pykld: Pykld) -> None:
+    drivers = tempfile.mkdtemp(dir=pykld.run_dir)
+    sensor = write_driver(drivers, "gauge", """
+        from pykld import Module
+        from pykld.kpi import sysctl_add
+        class Gauge(Module):
+            name = "gauge"
+            def load(self):
+                self.level = 7
+                sysctl_add("dev.gauge.level", "int", lambda: self.level, lambda v: setattr(self, "level", v),
+                           "fill level in percent")
+                sysctl_add("dev.gauge.model", "str", lambda: "G-1")
+                sysctl_add("dev.gauge.broken", "int", lambda: None)
+    """)
+    pykld.ok("load", sensor, "--transport", "sim")
+    assert pykld.ok("sysctl", "dev.gauge.level").stdout == "dev.gauge.level: 7\n"
+    assert pykld.ok("sysctl", "dev.gauge.level=42").stdout == "dev.gauge.level: 7 -> 42\n"
+    assert pykld.ok("sysctl", "-n", "dev.gauge.level").stdout == "42\n"
+    assert pykld.ok("sysctl", "-d", "dev.gauge.level").stdout == "dev.gauge.level: fill level in percent\n"
+    listing = pykld("sysctl", "-a")
+    assert "dev.gauge.level: 42\ndev.gauge.model: G-1\n" in listing.stdout
+    assert listing.returncode == 1 and "dev.gauge.broken: Input/output error" in listing.stderr
+    for args, words in ((["dev.gauge.model=G-2"], "read only"), (["dev.gauge.level=lots"], "not a valid int"),
+                        (["dev.nothing"], "unknown oid 'dev.nothing'"), ([], "usage")):
+        refused = pykld("sysctl", *args)
+        assert refused.returncode == 1 and words in refused.stderr, (args, refused.stderr)
+    assert pykld.ok("sysctl", "dev.gauge.level").stdout == "dev.gauge.level: 42\n"
+    assert pykld("sysctl", "-a", as_nobody=True).returncode == 1  # the daemon's user and root only
+    pykld.ok("unload", "gauge")
+    assert pykld("sysctl", "dev.gauge").returncode == 1
+
+
 # -- stat and dmesg ---------------------------------------------------------------------------
 
 def test_stat_json_and_verbose_counters(pykld: Pykld) -> None:

@@ -82,6 +82,28 @@ def test_a_caller_still_asleep_in_a_driver_is_a_leak(pytester: pytest.Pytester) 
     result.stdout.fnmatch_lines(["*sleeping threads: 1 still inside the driver of /dev/fifo*"])
 
 
+def test_module_sysctl_nodes_go_at_unload_and_others_are_a_leak(pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(sensor=textwrap.dedent("""
+        from pykld import Module, sysctl_add
+        class Sensor(Module):
+            def load(self):
+                sysctl_add("dev.sensor.0.temperature", "int", lambda: 23)
+    """))
+    user_tests(pytester, """
+        from pykld.kernel.sysctl import SysctlOid
+        def test_module_node(pykld_kernel):
+            pykld_kernel.kldload("sensor.py")
+            assert pykld_kernel.sysctl("dev.sensor.0.temperature") == 23
+
+        def test_stray_node(pykld_kernel):
+            pykld_kernel.sysctl_add(SysctlOid("debug.stray", "int", "", lambda: 1, None, None))
+    """)
+    result = pytester.runpytest()
+    result.assert_outcomes(passed=2, errors=1)
+    result.stdout.fnmatch_lines(["*ERROR at teardown of test_stray_node*",
+                                 "*sysctl: debug.stray still exists after every module unloaded*"])
+
+
 def test_a_marker_allows_a_kind_of_leak(pytester: pytest.Pytester) -> None:
     user_tests(pytester, """
         @pytest.mark.pykld_leaks(allow=("open files",))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import struct
+from pathlib import Path
 
 import pytest
 
@@ -18,7 +19,7 @@ from pykld.fuse.request import Ioctl, Request
 from pykld.kernel.fd import SimMemory
 from pykld.transport.cuse import CuseHandler
 
-from .conftest import EXAMPLES
+from .conftest import EXAMPLES, write_driver
 
 FIOC_GET_SIZE = 0x80084500
 FIOC_SET_SIZE = 0x40084501
@@ -108,3 +109,20 @@ def test_unknown_command_is_enotty_after_its_argument_arrives(membuf: tuple[Kern
     with pytest.raises(OSError) as unknown:
         kernel_ioctl(handler, fh, 0x80084563, memory.alloc(8), memory)
     assert unknown.value.errno == errno.ENOTTY
+
+
+def test_copyin_many_fetches_every_range_in_one_round(tmp_path: Path) -> None:
+    from .test_fuse_caller_memory import MIRROR
+
+    kernel = Kernel()
+    kernel.kldload(write_driver(tmp_path, "mirror", MIRROR))
+    cdev = kernel.lookup("mirror")
+    handler = CuseHandler(kernel, cdev)
+    handler.files[3] = kernel.open_cdev(cdev, os.O_RDWR)
+    memory = SimMemory()
+    source, target = memory.alloc(b"two halves"), memory.alloc(10)
+    arg = memory.alloc(struct.pack("=QQQ", source, 10, target))
+    # the argument, both halves at once, the copyout's out-iovec, the reply
+    assert kernel_ioctl(handler, 3, 0x5001, arg, memory) == (10, 4)
+    assert memory.read(target, 10) == b"sevlah owt"
+    kernel.shutdown()

@@ -201,6 +201,9 @@ class SimMemory:
         block, start = self._locate(addr, size)
         return bytes(block[start : start + size])
 
+    def read_many(self, iovecs: list[tuple[int, int]]) -> list[bytes]:
+        return [self.read(addr, size) for addr, size in iovecs]
+
     def write(self, addr: int, data: bytes) -> None:
         block, start = self._locate(addr, len(data))
         block[start : start + len(data)] = data

@@ -30,7 +30,9 @@ from pykld.kernel.fd import SimFile
 from pykld.kernel.malloc import MallocStat, MallocType
 from pykld.kernel.modules import LoadedModule, ModuleEvent
 from pykld.kernel.sched import Thread, enter, leave
+from pykld.kernel.sysctl import SysctlOid, SysctlTree
 
+_UNSET: Any = object()
 CLOSE_GRACE = 0.5  # seconds an unload waits for closes still on their way
 
 
@@ -52,6 +54,7 @@ class Kernel:
         self._modules: dict[str, LoadedModule] = {}
         self._lock = threading.RLock()  # module registry changes, one at a time
         self._ids = itertools.count(1)
+        self.sysctls = SysctlTree()
 
     # -- module(9) -------------------------------------------------------------
 
@@ -106,6 +109,7 @@ class Kernel:
         kthread.drain_module(self, record)
         for cdev in record.live_cdevs:
             cdev.destroy()
+        self.sysctls.remove_owned(record)
         with self._lock:
             if self._modules.get(record.name) is record:
                 del self._modules[record.name]
@@ -166,6 +170,45 @@ class Kernel:
             except OSError as exc:
                 self.printf("kernel", f"{record.name}: SHUTDOWN failed: {exc}")
             self.kldunload(record.name, force=True)
+
+    # -- sysctl(9) --------------------------------------------------------------
+
+    def sysctl_add(self, oid: SysctlOid) -> SysctlOid:
+        return self.sysctls.add(oid)
+
+    def sysctl(self, name: str, value: Any = _UNSET) -> Any:
+        """The value of node `name`; given `value` (a Python value or text), set it and
+        return the value it had.  ENOENT for an unknown name, EPERM for a read-only
+        node, EINVAL for a value the node refuses; a driver crash is EIO."""
+        oid = self.sysctls.find(name)
+        old = self.sysctl_read(oid)
+        if value is _UNSET:
+            return old
+        setter = oid.setter
+        if setter is None:
+            raise OSError(errno.EPERM, f"oid '{name}' is read only", None)
+        new = oid.parse(value)
+        self._sysctl_call(oid, "write", lambda: setter(new))
+        return old
+
+    def sysctl_read(self, oid: SysctlOid) -> Any:
+        """A node's value, checked against its kind: a getter returning garbage is a
+        driver bug, EIO for the reader."""
+        value = self._sysctl_call(oid, "read", oid.getter)
+        if not oid.holds(value):
+            owner = oid.owner.name if oid.owner is not None else "kernel"
+            self.printf(owner, f"sysctl {oid.name}: the getter returned {value!r}, not a {oid.kind}")
+            raise OSError(errno.EIO, f"sysctl {oid.name}: the driver returned a {type(value).__name__}, "
+                          f"not a {oid.kind}", None)
+        return value
+
+    def sysctl_list(self, prefix: str = "") -> list[SysctlOid]:
+        return self.sysctls.list(prefix)
+
+    def _sysctl_call(self, oid: SysctlOid, what: str, code: Callable[[], Any]) -> Any:
+        if oid.owner is None:
+            return code()
+        return self._as_module(oid.owner, f"sysctl {what} of {oid.name}", code)
 
     # -- devices ---------------------------------------------------------------
 

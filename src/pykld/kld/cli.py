@@ -56,6 +56,12 @@ def _add_kld_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     fail.add_argument("-l", "--list", action="store_true", help="list the rules, with their calls and firings")
     fail.add_argument("-c", "--clear", action="store_true", help="clear the rules (of DEVICE, of its OP)")
     fail.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    sysctl = sub.add_parser("sysctl", help="read or set the nodes modules publish (sysctl)",
+                            epilog="NAME lists the node or every node below it; NAME=VALUE sets a node")
+    sysctl.add_argument("names", nargs="*", metavar="NAME[=VALUE]")
+    sysctl.add_argument("-a", "--all", action="store_true", help="list every node")
+    sysctl.add_argument("-d", "--descriptions", action="store_true", help="print descriptions, not values")
+    sysctl.add_argument("-n", "--values-only", action="store_true", help="print values without names")
 
     sub.add_parser("shutdown", help="SHUTDOWN every module, unpublish the devices, stop the daemon")
 
@@ -98,6 +104,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.stat(args.verbose, args.json)
     if args.command == "dmesg":
         return commands.dmesg(args.follow)
+    if args.command == "sysctl":
+        return commands.sysctl(args.names, args.all, args.descriptions, args.values_only)
     if args.command == "shutdown":
         return commands.shutdown()
     if args.command == "fail":

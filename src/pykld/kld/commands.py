@@ -103,6 +103,30 @@ def stat(verbose: bool, as_json: bool) -> int:
     return 0
 
 
+def sysctl(names: Sequence[str], everything: bool, descriptions: bool, values_only: bool) -> int:
+    """sysctl(8): `name: value` for each node asked for, `name: old -> new` for each set."""
+    if not names and not everything:
+        print("usage: pykld sysctl [-adn] NAME[=VALUE] ... | pykld sysctl [-dn] -a", file=sys.stderr)
+        return 1
+    status = 0
+    for spec in names or [""]:
+        name, sep, value = spec.partition("=")
+        try:
+            answer = client.call("sysctl", name=name, value=value if sep else None)
+        except OSError as exc:
+            status = fail(f"{name or 'sysctl'}", exc)
+            continue
+        for node in answer["nodes"]:
+            if "error" in node:
+                status = fail(node["name"], OSError(node["error"], node["message"]))
+                continue
+            shown = node["descr"] if descriptions else node["value"]
+            if sep and not descriptions:
+                shown = f"{answer['old']} -> {node['value']}"
+            print(shown if values_only else f"{node['name']}: {shown}")
+    return status
+
+
 def format_stat(status: dict[str, Any], verbose: bool) -> str:
     rows = [("Id", "Refs", "Transport", "Name", "Devices", "Path")]
     for module in status["modules"]:

@@ -107,6 +107,7 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "unload": {"target": Field((str, int)), "force": Field((bool,), False)},
     "stat": {"verbose": Field((bool,), False)},
     "dmesg": {"follow": Field((bool,), False)},
+    "sysctl": {"name": Field((str,), ""), "value": Field((str, type(None)), None)},
     "shutdown": {},
     "fail": {"rule": Field((str,))},  # a rule as `pykld fail` takes it (kernel/fail.py: parse)
     "fail_list": {},

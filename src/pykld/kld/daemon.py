@@ -333,6 +333,8 @@ class Daemon:
                 return control.ok(**self.service.unload(req.args["target"], req.args["force"]))
             if req.op in FAIL_OPS:
                 return control.ok(**getattr(self.service, req.op)(**req.args))
+            if req.op == "sysctl":
+                return control.ok(**self.service.sysctl(req.args["name"], req.args["value"]))
             return control.ok(**self.service.stat(req.args["verbose"]))
         except OSError as exc:
             return control.error_from(exc)

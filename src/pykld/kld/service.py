@@ -18,6 +18,7 @@ from pykld.kernel import fail as failpoints
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
 from pykld.kernel.modules import resolve
+from pykld.kernel.sysctl import SysctlOid
 from pykld.kld.trust import trusted_module_file
 from pykld.transport.registry import Transport
 
@@ -101,6 +102,24 @@ class Service:
             if given in (cdev.name, cdev.path, self.publisher.device_path(cdev.name)):
                 return cdev.name
         raise OSError(errno.ENOENT, f"no such device: {given}", None)
+
+    def sysctl(self, name: str, value: str | None) -> dict[str, Any]:
+        """The nodes at or below `name` (every node for ""), or, given a value, that
+        node set, with its old value.  Values travel as sysctl(8) prints them."""
+        if value is None:
+            return {"nodes": [self._sysctl_node(oid) for oid in self.kernel.sysctl_list(name)]}
+        oid = self.kernel.sysctls.find(name)
+        old = self.kernel.sysctl(name, value)
+        return {"nodes": [self._sysctl_node(oid)], "old": oid.format(old)}
+
+    def _sysctl_node(self, oid: SysctlOid) -> dict[str, Any]:
+        node: dict[str, Any] = {"name": oid.name, "kind": oid.kind, "descr": oid.descr, "writable": oid.writable}
+        try:
+            node["value"] = oid.format(self.kernel.sysctl_read(oid))
+        except OSError as exc:  # one broken node does not hide the others from sysctl -a
+            node["error"] = exc.errno
+            node["message"] = exc.strerror
+        return node
 
     def dmesg(self) -> tuple[int, Iterator[list[str]]]:
         """The message buffer now: its sequence number (to follow from) and chunks of lines."""

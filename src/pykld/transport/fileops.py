@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from pykld.fuse import abi, notify, reply
 from pykld.fuse.request import ReadIo, Request, WriteIo
 from pykld.kernel.sched import Thread
+from pykld.kernel.uaccess import ProcessMemory
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev
@@ -64,6 +66,9 @@ class FileOps:
         # offsets (CUSE); None where the kernel passes the caller's.
         self.positions: dict[int, int] | None = None
         self._ensure_reader: Callable[[], None] | None = None
+        # Restricted ioctls copy only what their number encodes; drivers that follow
+        # pointers reach the caller through process_vm_readv, unless turned off.
+        self.process_memory = os.environ.get("PYKLD_FUSE_USER_MEMORY", "ptrace") != "off"
 
     def log(self, text: str) -> None:
         self.kernel.printf("kernel", text)
@@ -181,7 +186,8 @@ class FileOps:
         if args.flags & abi.FUSE_IOCTL_COMPAT:
             raise OSError(errno.ENOSYS, "32-bit compat ioctls are not supported", None)
         file = self._file(args.fh)
-        result, out = self._serve(req, file.ioctl, args.cmd, args.arg, args.data, None)
+        memory = ProcessMemory(req.pid) if self.process_memory and req.pid > 0 else None
+        result, out = self._serve(req, file.ioctl, args.cmd, args.arg, args.data, memory)
         return reply.ioctl(req.unique, result, out[: args.out_size] if out is not None else b"")
 
     def do_poll(self, req: Request) -> Reply:
