@@ -114,11 +114,11 @@ def sysctl(names: Sequence[str], everything: bool, descriptions: bool, values_on
         try:
             answer = client.call("sysctl", name=name, value=value if sep else None)
         except OSError as exc:
-            status = fail(f"{name or 'sysctl'}", exc)
+            status = fail_with(f"{name or 'sysctl'}", exc)
             continue
         for node in answer["nodes"]:
             if "error" in node:
-                status = fail(node["name"], OSError(node["error"], node["message"]))
+                status = fail_with(node["name"], OSError(node["error"], node["message"]))
                 continue
             shown = node["descr"] if descriptions else node["value"]
             if sep and not descriptions:
