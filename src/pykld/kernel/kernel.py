@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -58,22 +59,27 @@ class Kernel:
 
     # -- module(9) -------------------------------------------------------------
 
-    def kldload(self, target: str) -> int:
+    def kldload(self, target: str | type) -> int:
         """Load the module in file `target` (a path, or a name looked up in the module
-        path or importable); run its LOAD event.  Returns the module's id.
+        path or importable), or the Module class `target` (a tool's own, built with its
+        parameters: record/replay); run its LOAD event.  Returns the module's id.
 
         A LOAD that fails leaves nothing behind: its devices are destroyed and the
         error is raised (an OSError; a driver crash becomes EIO with its text)."""
-        path = modules.resolve(target)
+        if isinstance(target, type):
+            path = f"{target.__module__}.{target.__qualname__}"
+            pymodule = types.ModuleType(f"pykld_class_{target.__name__}")  # in no registry: nothing to forget
+        else:
+            path = modules.resolve(target)
+            try:
+                pymodule = modules.import_fresh(path)
+            except OSError:
+                raise
+            except BaseException as exc:
+                self.log_fault(None, f"import of {path}", exc)
+                raise OSError(errno.ENOEXEC, f"{path}: import failed: {exc!r}", None) from exc
         try:
-            pymodule = modules.import_fresh(path)
-        except OSError:
-            raise
-        except BaseException as exc:
-            self.log_fault(None, f"import of {path}", exc)
-            raise OSError(errno.ENOEXEC, f"{path}: import failed: {exc!r}", None) from exc
-        try:
-            cls = modules.module_class(pymodule, path)
+            cls = target if isinstance(target, type) else modules.module_class(pymodule, path)
             name = getattr(cls, "name", None) or cls.__name__.lower()
             with self._lock:
                 if name in self._modules:

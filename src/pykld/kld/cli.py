@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pykld.kld import commands
+from pykld.kld import commands, traces
 from pykld.kld import run as runner
 from pykld.transport.registry import TRANSPORTS
 
@@ -20,7 +20,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--demo", action="store_true",
                      help='write "hi rust" to the first device and read it back, then keep serving')
     _add_kld_commands(sub)
+    _add_trace_commands(sub)
     return parser
+
+
+def _add_trace_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    record = sub.add_parser("record", help="publish NAME as a proxy of a device file, tracing every operation",
+                            epilog="serves in the foreground until SIGINT or SIGTERM; the trace is written as it goes")
+    record.add_argument("source", help="the device file to forward to (/dev/ttyUSB0, /dev/urandom, a pykld device)")
+    record.add_argument("--as", dest="name", required=True, help="the proxy's device name")
+    record.add_argument("-o", "--output", required=True, help="the trace file to write")
+    _add_publishing(record, "/run/pykld/dev")
+    replay = sub.add_parser("replay", help="publish a device that answers from a trace",
+                            epilog="serves until SIGINT or SIGTERM; exit status 1 when a caller diverged")
+    replay.add_argument("trace", help="a trace written by pykld record")
+    replay.add_argument("--as", dest="name", help="the device's name (default: the trace's)")
+    _add_publishing(replay, "/run/pykld/dev")
 
 
 def _add_publishing(parser: argparse.ArgumentParser, dev_dir: str = "the runtime directory's dev/") -> None:
@@ -82,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run":
             return runner.run(args.module, transport=args.transport, dev_dir=args.dev_dir,
                               bind=not args.no_bind, demo=args.demo)
+        if args.command in ("record", "replay"):
+            return traces.main(args)
     except OSError as exc:
         print(f"pykld: {describe(exc)}", file=sys.stderr)
         return 1

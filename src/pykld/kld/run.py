@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import threading
+from collections.abc import Callable
 
 from pykld.kernel.kernel import Kernel
 from pykld.transport import programs, registry
@@ -47,8 +48,10 @@ def _demo_sim(kernel: Kernel, path: str) -> None:
               f"{f.read().decode(errors='replace')}", end="")
 
 
-def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
-        demo: bool = False) -> int:
+def run(module: str | type, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
+        demo: bool = False, outcome: Callable[[Kernel], int] | None = None) -> int:
+    """Serve `module` (a file, or a Module class) until SIGINT/SIGTERM; the exit status
+    is 0, or what `outcome` makes of the kernel before it shuts down."""
     choice = registry.pick(transport)
     stop = threading.Event()
     # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
@@ -76,7 +79,7 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
         print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
         while not stop.wait(3600):
             pass
-        return 0
+        return outcome(kernel) if outcome is not None else 0
     finally:
         kernel.shutdown()
         published.stop()
