@@ -71,6 +71,11 @@ def test_writes_and_their_counts_replay_and_others_diverge(kernel: Kernel, tmp_p
         assert divergence == ("divergence on a new open: the caller asked for `open O_WRONLY`; "
                               "the trace has nothing more for it")
         assert any(line.endswith(f"replay: {divergence}") for line in replaying.dmesg())
+        replaying.kldunload("replay")
+        replaying.kldload(replayer(trace))
+        with replaying.open("/dev/out", os.O_WRONLY) as f, pytest.raises(OSError) as caught:
+            f.write(b"HELLO\n")  # not the bytes recorded
+        assert caught.value.errno == errno.EIO
     finally:
         replaying.shutdown()
 
@@ -88,6 +93,33 @@ def test_a_different_request_is_eio_naming_the_trace_line(kernel: Kernel) -> Non
         assert "the caller asked for `1 ioctl 0x40045201 in=00000000`; the trace (line 4) has `1 read 4`" \
             in str(caught.value)
         assert f.read(100) == b"\x01\x02\x03\x04"  # a larger read takes the recorded bytes; order resumes
+    assert len(kernel.module("replay").instance.device.divergences) == 1
+
+
+def test_a_close_before_the_trace_ends_is_a_divergence_but_no_error(kernel: Kernel) -> None:
+    kernel.kldload(replayer(trace_of("1 open O_RDONLY -> 0", "1 read 4 -> 4 01020304", "1 close -> 0")))
+    kernel.open("/dev/dev").close()
+    assert kernel.module("replay").instance.device.divergences == [
+        "divergence on open file 1: the caller asked for `1 close`; the trace (line 4) has `1 read 4`"]
+
+
+def test_an_ioctl_matches_by_command_and_the_bytes_it_copies_in(kernel: Kernel) -> None:
+    kernel.kldload(replayer(trace_of("1 open O_RDONLY -> 0", "1 ioctl 0x40045201 in=01000000 -> 0",
+                                     "1 ioctl 0x40045201 in=01000000 -> 0", "1 close -> 0")))
+    with kernel.open("/dev/dev") as f:
+        assert f.ioctl(0x40045201, b"\1\0\0\0").result == 0
+        with pytest.raises(OSError) as caught:
+            f.ioctl(0x40045201, b"\2\0\0\0")
+        assert caught.value.errno == errno.EIO
+
+
+def test_an_unsized_ioctl_with_a_pointer_is_not_forwarded(kernel: Kernel) -> None:
+    def client(k: Kernel, path: str) -> None:
+        with k.open(path) as f, pytest.raises(OSError) as caught:
+            f.ioctl(0x5401, 0x7FFF0000)  # TCGETS with what could be a caller's pointer
+        assert caught.value.errno == errno.ENOTTY and "may be a pointer" in str(caught.value)
+    trace = record(kernel, "/dev/urandom", "rnd", client)
+    assert trace.ops[1].format() == "1 ioctl 0x5401 arg=2147418112 -> ENOTTY"
 
 
 def test_polls_and_status_reads_match_in_any_number(kernel: Kernel) -> None:

@@ -38,6 +38,7 @@ class _Playing:
         self.number = number
         self.ops = ops
         self.cursor = 0  # the next ordered operation is at or after this index
+        self.diverged = False
 
     def next_ordered(self) -> int:
         index = self.cursor
@@ -59,8 +60,10 @@ class Replayer(CharacterDevice):
 
     # -- matching --------------------------------------------------------------------
 
-    def _diverge(self, number: int | None, asked: str, expected: Op | None) -> OSError:
-        where = f"open file {number}" if number is not None else "a new open"
+    def _diverge(self, playing: _Playing | None, asked: str, expected: Op | None) -> OSError:
+        if playing is not None:
+            playing.diverged = True
+        where = f"open file {playing.number}" if playing is not None else "a new open"
         has = f"the trace (line {expected.line}) has `{expected.request()}`" if expected is not None \
             else "the trace has nothing more for it"
         text = f"divergence on {where}: the caller asked for `{asked}`; {has}"
@@ -73,7 +76,7 @@ class Replayer(CharacterDevice):
         index = playing.next_ordered()
         expected = playing.ops[index] if index < len(playing.ops) else None
         if expected is None or expected.op != asked.op or not matches(expected):
-            raise self._diverge(playing.number, asked.request(), expected)
+            raise self._diverge(playing, asked.request(), expected)
         playing.cursor = index + 1
         return expected
 
@@ -82,7 +85,7 @@ class Replayer(CharacterDevice):
         horizon = playing.next_ordered()
         before = [i for i in same if i < horizon]
         if not before:
-            raise self._diverge(playing.number, asked.request(), None)
+            raise self._diverge(playing, asked.request(), None)
         return playing.ops[before[-1]]
 
     @staticmethod
@@ -101,8 +104,8 @@ class Replayer(CharacterDevice):
             raise self._diverge(None, f"open {ACCESS[file.flags & 3]}", None)
         playing = _Playing(number, self.files[number])
         asked.file = number
-        self._answer(self._ordered(playing, asked, lambda op: op.events == asked.events))
         file.private = playing
+        self._answer(self._ordered(playing, asked, lambda op: op.events == asked.events))
 
     def read(self, file: OpenFile, uio: Uio) -> None:
         asked = Op(file.private.number, "read", size=uio.resid)
@@ -136,9 +139,19 @@ class Replayer(CharacterDevice):
         return op.result
 
     def close(self, file: OpenFile) -> None:
+        """The recorded close's answer; a close that comes early is a divergence (in the
+        list and dmesg) but no error, the caller's file being closed either way, unless
+        the file diverged already and said so."""
         playing: _Playing | None = file.private
-        if playing is not None:
-            self._answer(self._ordered(playing, Op(playing.number, "close"), lambda op: True))
+        if playing is None:
+            return
+        index = playing.next_ordered()
+        expected = playing.ops[index] if index < len(playing.ops) else None
+        if expected is not None and expected.op == "close":
+            playing.cursor = index + 1
+            self._answer(expected)
+        elif not playing.diverged:
+            self._diverge(playing, Op(playing.number, "close").request(), expected)
 
     def unplayed(self) -> int:
         """Opens of the trace no caller made."""
