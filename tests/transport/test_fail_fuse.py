@@ -1,4 +1,5 @@
-"""fail(9) fault points over FUSE, seen by real system calls of a program: each
+"""fail(9) fault points over FUSE (and CUSE: tests/cuse/test_testing_cuse.py runs these
+in the VM), seen by real system calls of a program: each
 operation's errno, short transfers, corrupt ioctl results, POLLERR, the counter and
 dmesg, and a delay that the caller's signal ends."""
 
@@ -24,15 +25,19 @@ GET_SIZE = 0x80084500  # membuf's FIOC_GET_SIZE, _IOR('E', 0, 8)
 SET_SIZE = 0x40084501  # FIOC_SET_SIZE, _IOW('E', 1, 8)
 
 
-@pytest.fixture
-def membuf(fuse: tuple[Kernel, FuseTransport]) -> tuple[Kernel, str]:
-    kernel, transport = fuse
+def load_membuf(kernel: Kernel, path: str) -> tuple[Kernel, str]:
+    """membuf loaded, holding 0123456789, at `path` (where its transport publishes it)."""
     kernel.kldload(str(EXAMPLES / "membuf.py"))
-    path = transport.device_path("membuf")
     fd = os.open(path, os.O_WRONLY)
     os.write(fd, b"0123456789")
     os.close(fd)
     return kernel, path
+
+
+@pytest.fixture
+def membuf(fuse: tuple[Kernel, FuseTransport]) -> tuple[Kernel, str]:
+    kernel, transport = fuse
+    return load_membuf(kernel, transport.device_path("membuf"))
 
 
 def errno_of(call: object) -> int | None:
