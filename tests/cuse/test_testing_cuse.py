@@ -1,13 +1,15 @@
 """The testing toolkit over CUSE, in the VM: fault points seen by real system calls on a
-true character device, and the pytest plugin's pykld_host picking CUSE."""
+true character device, the pytest plugin's pykld_host picking CUSE, and record/replay."""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from transport import test_fail_fuse as on_fuse
+from transport import test_record_replay_fuse as on_fuse_trace
 from transport.conftest import EXAMPLES, require
 
 from pykld import Kernel
@@ -53,3 +55,14 @@ def test_sensor_is_a_character_device(pykld_host):
         assert f.read(32) == b"23500\\n"
 """)
     pytester.runpytest().assert_outcomes(passed=1)
+
+
+def test_record_and_replay_give_dd_the_same_bytes_over_cuse(tmp_path: Path) -> None:
+    require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
+    running: list[on_fuse_trace.Served] = []
+    try:
+        on_fuse_trace.test_a_replay_gives_dd_the_bytes_urandom_gave(running, tmp_path, transport="cuse")
+    finally:
+        for one in running:
+            if one.proc.poll() is None:
+                one.stop()

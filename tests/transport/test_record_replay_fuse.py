@@ -1,4 +1,5 @@
-"""`pykld record` and `pykld replay` over FUSE, with real programs as the clients:
+"""`pykld record` and `pykld replay` over FUSE (and CUSE, in the VM: tests/cuse/test_testing_cuse.py),
+with real programs as the clients:
 the replay gives the same program the same bytes; a program that diverges gets EIO and
 makes the replay exit 1 saying why; a malformed trace is refused naming its line."""
 
@@ -22,9 +23,10 @@ from .conftest import EXAMPLES, PYKLD, require_fuse
 class Served:
     """A `pykld record` or `pykld replay` serving in the foreground on a FUSE devfs of its own."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, transport: str = "fuse") -> None:
+        self.transport = transport
         self.dev_dir = tempfile.mkdtemp(prefix="pykld-trace-dev-")
-        self.proc = subprocess.Popen([*PYKLD, *args, "--transport", "fuse", "--dev-dir", self.dev_dir, "--no-bind"],
+        self.proc = subprocess.Popen([*PYKLD, *args, "--transport", transport, "--dev-dir", self.dev_dir, "--no-bind"],
                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         assert self.proc.stdout is not None
         self.lines: list[str] = []
@@ -36,7 +38,7 @@ class Served:
             raise AssertionError("it never served:\n" + "".join(self.lines))
 
     def path(self, name: str) -> str:
-        return os.path.join(self.dev_dir, name)
+        return f"/dev/{name}" if self.transport == "cuse" else os.path.join(self.dev_dir, name)
 
     def stop(self) -> tuple[int, str]:
         """SIGTERM, as an operator would; its exit status and what it said after serving."""
@@ -61,9 +63,10 @@ def run(*command: str) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(command, capture_output=True, timeout=30, check=False)
 
 
-def test_a_replay_gives_dd_the_bytes_urandom_gave(served: list[Served], tmp_path: Path) -> None:
+def test_a_replay_gives_dd_the_bytes_urandom_gave(served: list[Served], tmp_path: Path,
+                                                   transport: str = "fuse") -> None:
     trace = str(tmp_path / "rnd.trace")
-    recording = Served("record", "/dev/urandom", "--as", "rnd", "-o", trace)
+    recording = Served("record", "/dev/urandom", "--as", "rnd", "-o", trace, transport=transport)
     served.append(recording)
     recorded = run("dd", f"if={recording.path('rnd')}", "bs=16", "count=4", "status=none")
     assert recorded.returncode == 0 and len(recorded.stdout) == 64
@@ -71,7 +74,7 @@ def test_a_replay_gives_dd_the_bytes_urandom_gave(served: list[Served], tmp_path
     assert status == 0 and f"trace written to {trace}" in said
     assert Path(trace).read_text().startswith("pykld-trace 1\nsource /dev/urandom\ndevice rnd\n1 open O_RDONLY -> 0\n")
 
-    replaying = Served("replay", trace)
+    replaying = Served("replay", trace, transport=transport)
     served.append(replaying)
     replayed = run("dd", f"if={replaying.path('rnd')}", "bs=16", "count=4", "status=none")
     assert replayed.stdout == recorded.stdout
