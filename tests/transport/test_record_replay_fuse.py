@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +19,7 @@ import pytest
 from pykld import Kernel
 from pykld.transport.fuse import FuseTransport
 
-from .conftest import EXAMPLES, PYKLD, require_fuse
+from .conftest import EXAMPLES, PYKLD, require_fuse, wait_for
 
 
 class Served:
@@ -123,3 +125,54 @@ def test_a_malformed_trace_is_refused_naming_its_line(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert done.stderr == (f"pykld: can't replay: {trace}:4: read: 4 bytes answered, 2 given, 4 asked for: "
                            "'1 read 4 -> 4 0102'\n")
+
+
+def test_a_caller_blocked_in_the_source_is_interrupted_and_recorded(served: list[Served], tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    trace = tmp_path / "fifo.trace"
+    recording = Served("record", str(fifo), "--as", "pipe0", "-o", str(trace))
+    served.append(recording)
+    reader = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import errno, os, signal
+        class Stop(Exception): pass
+        def stop(signum, frame): raise Stop
+        signal.signal(signal.SIGUSR1, stop)
+        fd = os.open({recording.path("pipe0")!r}, os.O_RDONLY)
+        print(fd, flush=True)
+        input()  # the writer is there
+        try:
+            os.read(fd, 10)
+        except Stop:
+            print("interrupted", flush=True)
+        print(os.read(fd, 10), flush=True)
+    """)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    writer = -1
+    try:
+        assert reader.stdin is not None and reader.stdout is not None
+        fd = int(reader.stdout.readline())
+        writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)  # the proxy holds the fifo's read end
+        reader.stdin.write("\n")
+        reader.stdin.flush()
+        assert wait_for(lambda: _blocked(reader.pid, fd))
+        reader.send_signal(signal.SIGUSR1)
+        assert reader.stdout.readline() == "interrupted\n"
+        os.write(writer, b"data")
+        out, _ = reader.communicate(timeout=20)
+        assert out == "b'data'\n"
+    finally:
+        if writer >= 0:
+            os.close(writer)
+        if reader.poll() is None:
+            reader.kill()
+            reader.wait()
+    assert recording.stop()[0] == 0
+    assert "1 read 10 -> EINTR\n1 read 10 -> 4 64617461\n" in trace.read_text()
+
+
+def _blocked(pid: int, fd: int) -> bool:
+    """The process waits in read(2) of `fd` (syscall 0 on x86-64; /proc/PID/syscall says so)."""
+    try:
+        return Path(f"/proc/{pid}/syscall").read_text().split()[:2] == ["0", hex(fd)]
+    except (OSError, IndexError):
+        return False
