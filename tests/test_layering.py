@@ -17,7 +17,8 @@ ALLOWED = {
     "kpi": {"kpi", "kernel"},
     "bus": {"bus", "kpi"},  # emulated buses above the KPI; drivers import them
     "transport": {"transport", "kernel", "fuse"},
-    "kld": {"kld", "kernel", "transport", "fuse"},
+    "kld": {"kld", "kernel", "transport", "fuse", "testing"},
+    "testing": {"testing", "", "kpi", "kernel", "transport"},  # the pytest plugin and record/replay
     "": {"", "kernel", "kpi"},  # pykld/__init__.py: the kernel and the KPI, the package's face
     "__main__": {"kld"},
 }

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 
 from pykld.kernel.kernel import Kernel
 from pykld.transport import programs, registry
@@ -61,8 +62,11 @@ def _echo_console(kernel: Kernel, finished: threading.Event) -> None:
             return
 
 
-def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
-        demo: bool = False, console: bool = False) -> int:
+def run(module: str | type, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
+        demo: bool = False, outcome: Callable[[Kernel], int] | None = None, console: bool = False) -> int:
+    """Serve `module` (a file, or a Module class) until SIGINT/SIGTERM; the exit status
+    is 0, or what `outcome` makes of the kernel before it shuts down.  `console` echoes
+    the message buffer on stderr."""
     choice = registry.pick(transport)
     stop = threading.Event()
     # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
@@ -94,7 +98,7 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
         print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
         while not stop.wait(3600):
             pass
-        return 0
+        return outcome(kernel) if outcome is not None else 0
     finally:
         kernel.shutdown()
         published.stop()
