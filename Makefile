@@ -4,8 +4,10 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
-APT_BASE := python3-venv python3-pip fuse3
+APT_BASE := python3-venv python3-pip fuse3 gcc python3-dev  # gcc, python3-dev: PyPI's spidev builds from source
 APT_BENCH := libfuse3-dev pkg-config gcc
+# Real clients the bus tests drive: i2cdetect, i2cget, i2cset, i2cdump, i2ctransfer.
+APT_TEST := i2c-tools
 
 .PHONY: run test test-vm lint bench bench-cuse bench-fifo stress deps clean
 
@@ -27,6 +29,7 @@ run: $(STAMP)
 HOST_TESTS := tests/transport tests/test_cli.py
 
 test: $(STAMP) lint
+	tools/apt-need $(APT_TEST)
 	$(PY) -m pytest -q tests/transport/test_fresh_machine.py
 	$(PY) -m pytest -q tests --ignore=tests/cuse $(addprefix --ignore=,$(HOST_TESTS))
 	$(PY) -m pytest -q $(HOST_TESTS) --deselect tests/transport/test_fresh_machine.py

@@ -18,8 +18,7 @@ dev.gps.0.overruns counts the cycles that found no room.
 import errno
 from datetime import UTC, datetime
 
-from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset, callout_stop
-from pykld.kpi import sysctl_add
+from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset, callout_stop, sysctl_add
 from pykld.tty import LineSettings, SerialDevice, Tty, make_tty
 
 SPEEDS = (4800, 9600, 19200, 38400, 57600, 115200, 230400)  # what the receiver's UART can be set to

@@ -21,8 +21,7 @@ carries modem lines; over a pty the AT dialogue is what it gets.
 import errno
 import time
 
-from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset, callout_stop
-from pykld.kpi import sysctl_add
+from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset, callout_stop, sysctl_add
 from pykld.tty import LineSettings, SerialDevice, Tty, make_tty
 
 IDENTITY = {"+CGMI": "pykld", "+CGMM": "pykld virtual modem", "+CGMR": "1.0", "+CGSN": "356938035643809"}

@@ -13,8 +13,7 @@ end; bytes for a port whose program does not read wait (up to BACKLOG bytes a
 direction, then dev.nullmodem.0.overruns counts what was lost).
 """
 
-from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset
-from pykld.kpi import sysctl_add
+from pykld import Module, Mutex, callout_drain, callout_init_mtx, callout_reset, sysctl_add
 from pykld.tty import LineSettings, SerialDevice, Tty, make_tty
 
 BACKLOG = 1 << 20  # bytes a direction holds for a reader that is behind

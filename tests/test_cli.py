@@ -688,3 +688,44 @@ def test_too_many_connections_are_refused_not_queued_forever(pykld: Pykld) -> No
     while pykld("stat").returncode != 0:
         assert time.monotonic() < deadline, "the daemon did not recover its connection slots"
         time.sleep(0.1)
+
+
+# -- fail(9) through the daemon ------------------------------------------------------------
+
+def test_pykld_fail_sets_lists_counts_and_unload_clears(pykld: Pykld) -> None:
+    require_fuse()
+    pykld.ok("load", HELLO, "--transport", "fuse", "--no-bind")
+    device = pykld.device("rustmodule")
+    added = pykld.ok("fail", "rustmodule", "read", "error", "EIO", "--times", "1")
+    assert added.stdout == "rule 1: rustmodule read error EIO --times 1  (calls 0, fired 0)\n"
+    failed = sh(f"cat {device}")
+    assert failed.returncode == 1 and "Input/output error" in failed.stderr
+    assert sh(f"cat {device}").stdout == "Default hello message\n"
+    # the failed read, then the second cat's read and its read of EOF
+    assert pykld.ok("fail", "-l").stdout == "rustmodule read error EIO --times 1  (calls 3, fired 1)\n"
+
+    counters = json.loads(pykld.ok("stat", "-v", "--json").stdout)["modules"][0]["devices"][0]["stats"]
+    assert counters["injected"] == 1
+    table = [line.split() for line in pykld.ok("stat", "-v").stdout.splitlines()]
+    header = next(row for row in table if row[0] == "Device")
+    assert header[-1] == "Injected" and table[table.index(header) + 1][-1] == "1"
+    assert "fail: /dev/rustmodule read: injected error EIO (rule 1, firing 1)" in pykld.ok("dmesg").stdout
+
+    pykld.ok("fail", device, "write", "short", "3")  # the published path names the device too
+    assert pykld.ok("fail", "-c", "rustmodule", "write").stderr == "pykld: cleared 1 rule(s)\n"
+    pykld.ok("fail", "/dev/rustmodule", "open", "error", "ENXIO")
+    pykld.ok("unload", "hello")
+    pykld.ok("load", HELLO)
+    assert pykld.ok("fail", "-l").stdout == ""  # the rules went with the device
+    assert sh(f"cat {device}").returncode == 0
+
+
+def test_pykld_fail_refuses_a_bad_rule_saying_why(pykld: Pykld) -> None:
+    require_fuse()
+    pykld.ok("load", HELLO, "--transport", "fuse", "--no-bind")
+    bad = pykld("fail", "rustmodule", "poll", "short", "3")
+    assert bad.returncode == 1
+    assert bad.stderr == ("pykld: can't set the fault point: Invalid argument\n"
+                          "pykld: fail point rustmodule poll: short applies to read, write, not poll\n")
+    missing = pykld("fail", "nosuch", "read", "error", "EIO")
+    assert missing.returncode == 1 and "No such file or directory" in missing.stderr

@@ -410,6 +410,36 @@ def test_root_binds_devices_at_dev_and_sigterm_removes_them(dev_dir: str) -> Non
     assert dev_dir not in open("/proc/self/mountinfo").read()
 
 
+def test_run_console_shows_driver_printfs_as_they_happen_and_at_unload(dev_dir: str, tmp_path: Path) -> None:
+    driver = write_driver(tmp_path, "chatty", textwrap.dedent("""
+        from pykld import CharacterDevice, Module, make_dev, printf
+        class Chatty(CharacterDevice):
+            def read(self, file, uio):
+                printf(f"read of {uio.resid} bytes")
+        class ChattyModule(Module):
+            name = "chatty"
+            def load(self):
+                make_dev(Chatty(), "chatty", mode=0o666)
+            def unload(self):
+                printf("goodbye")
+    """))
+    proc = subprocess.Popen([sys.executable, "-m", "pykld", "run", driver, "--transport", "fuse",
+                             "--dev-dir", dev_dir, "--no-bind", "--console"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None
+    try:
+        assert wait_for(lambda: os.path.exists(os.path.join(dev_dir, "chatty")))
+        with open(os.path.join(dev_dir, "chatty"), "rb", buffering=0) as device:
+            device.read(7)
+        line = proc.stderr.readline()  # printed while the host still serves
+        assert line.rstrip().endswith("chatty: read of 7 bytes"), line
+    finally:
+        proc.terminate()
+        _, rest = proc.communicate(timeout=15)
+    assert proc.returncode == 0
+    assert "chatty: goodbye" in rest  # the unload's own printf reaches the console before the exit
+
+
 def test_unload_removes_the_directories_its_binds_made_at_dev_and_only_those(dev_dir: str,
                                                                               tmp_path: Path) -> None:
     require_root()

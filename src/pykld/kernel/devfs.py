@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from pykld.kernel.sched import Poller, Thread, curthread
 
 if TYPE_CHECKING:
+    from pykld.kernel.fail import FailRule
     from pykld.kernel.modules import LoadedModule
 
 MAX_NAME = 255  # SPECNAMELEN
@@ -49,6 +50,7 @@ class CdevStats:
     bytes_written: int = 0
     errors: int = 0  # operations that failed with the driver's errno
     faults: int = 0  # operations the driver crashed in (the caller got EIO)
+    injected: int = 0  # faults a fail point injected (kernel/fail.py)
 
 
 def no_open(file: Any) -> None:
@@ -120,6 +122,7 @@ class Cdev:
     # waits for ever on a device that is gone, whatever the driver forgot to wake.
     pollers: weakref.WeakSet[Poller] = field(default_factory=weakref.WeakSet)
     stats: CdevStats = field(default_factory=CdevStats)
+    failpoints: list[FailRule] = field(default_factory=list)  # fail(9) rules; replaced whole, never mutated
     devfs: Devfs | None = None
     ops: CdevSw = field(init=False)
 

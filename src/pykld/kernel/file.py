@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from pykld.kernel import ioccom
+from pykld.kernel import fail, ioccom
 from pykld.kernel.fault import caller_error
 from pykld.kernel.sched import Thread, enter, leave
 from pykld.kernel.uaccess import UserMemory
@@ -99,14 +100,22 @@ class OpenFile:
             leave(token)
 
     def read(self, offset: int, size: int, flags: int | None = None, td: Thread | None = None) -> Uio:
+        rule = fail.fire(self, "read", td) if self.cdev.failpoints else None
+        if rule is not None and rule.action == "short":
+            size = min(size, int(rule.value))
         uio = Uio.for_read(offset, size)
         self._check_none("read", self._run(td, "read", self.cdev.ops.read, flags, uio))
+        if rule is not None and rule.action == "corrupt":
+            uio.chunks = [rule.corrupt(uio.tobytes())]
         stats = self.cdev.stats
         stats.reads += 1
         stats.bytes_read += size - uio.resid
         return uio
 
     def write(self, offset: int, data: Buffer, flags: int | None = None, td: Thread | None = None) -> int:
+        rule = fail.fire(self, "write", td) if self.cdev.failpoints else None
+        if rule is not None:
+            data = memoryview(data)[: int(rule.value)] if rule.action == "short" else rule.corrupt(data)
         uio = Uio.for_write(offset, data)
         self._check_none("write", self._run(td, "write", self.cdev.ops.write, flags, uio))
         done = len(data) - uio.resid
@@ -130,8 +139,15 @@ class OpenFile:
                 buf[:] = memoryview(data)[: decoded.size]
         if td is None:
             td = Thread()
+        rule = fail.fire(self, "ioctl", td, cmd) if self.cdev.failpoints else None
+        corrupt_out = rule is not None and buf is not None and decoded.copies_out
+        if rule is not None and buf is not None and not corrupt_out:
+            buf[:] = rule.corrupt(buf)
         td.memory = memory
         result = self._run(td, "ioctl", self.cdev.ops.ioctl, None, cmd, buf if buf is not None else arg)
+        if corrupt_out:
+            assert rule is not None and buf is not None
+            buf[:] = rule.corrupt(buf)
         self.cdev.stats.ioctls += 1
         if result is None:
             result = 0
@@ -142,6 +158,13 @@ class OpenFile:
     def poll(self, events: int, poller: Poller | None = None, td: Thread | None = None) -> int:
         if td is None:
             td = Thread()
+        if self.cdev.failpoints:
+            try:
+                fail.fire(self, "poll", td)
+            except OSError as exc:
+                if exc.errno == errno.EINTR or exc.errno == errno.ENXIO:
+                    raise
+                return select.POLLERR  # as a poll whose driver crashed
         td.poller = poller
         if poller is not None:
             self.cdev.pollers.add(poller)
@@ -182,6 +205,8 @@ class OpenFile:
                 # Destroyed while we got here: close still succeeds, without the driver.
                 if not (exc.errno == errno.ENXIO and cdev.destroyed):
                     raise
+            if cdev.failpoints:
+                fail.fire(self, "close", td)  # after the driver's close: the file is closed either way
 
     def __repr__(self) -> str:
         return f"<OpenFile {self.cdev.path} flags={self.flags:#o}{' closed' if self.closed else ''}>"
@@ -198,6 +223,8 @@ def open_cdev(kernel: Kernel, cdev: Cdev, flags: int, uid: int, gids: tuple[int,
     with _count_lock:
         cdev.open_count += 1  # counted first, so an unload racing this open sees it
     try:
+        if cdev.failpoints:
+            fail.fire(file, "open", td)
         file._run(td, "open", cdev.ops.open, None)
     except BaseException:
         with _count_lock:

@@ -14,6 +14,7 @@ import errno
 import itertools
 import os
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -22,6 +23,9 @@ from pykld.kernel import kthread, modules
 from pykld.kernel.callout import Softclock
 from pykld.kernel.devfs import Cdev, Devfs
 from pykld.kernel.dmesg import MessageBuffer
+from pykld.kernel.fail import FailRule
+from pykld.kernel.fail import add as fail_add
+from pykld.kernel.fail import clear as fail_clear
 from pykld.kernel.fault import contain, format_fault
 from pykld.kernel.fd import SimFile
 from pykld.kernel.malloc import MallocStat, MallocType
@@ -55,22 +59,27 @@ class Kernel:
 
     # -- module(9) -------------------------------------------------------------
 
-    def kldload(self, target: str) -> int:
+    def kldload(self, target: str | type) -> int:
         """Load the module in file `target` (a path, or a name looked up in the module
-        path or importable); run its LOAD event.  Returns the module's id.
+        path or importable), or the Module class `target` (a tool's own, built with its
+        parameters: record/replay); run its LOAD event.  Returns the module's id.
 
         A LOAD that fails leaves nothing behind: its devices are destroyed and the
         error is raised (an OSError; a driver crash becomes EIO with its text)."""
-        path = modules.resolve(target)
+        if isinstance(target, type):
+            path = f"{target.__module__}.{target.__qualname__}"
+            pymodule = types.ModuleType(f"pykld_class_{target.__name__}")  # in no registry: nothing to forget
+        else:
+            path = modules.resolve(target)
+            try:
+                pymodule = modules.import_fresh(path)
+            except OSError:
+                raise
+            except BaseException as exc:
+                self.log_fault(None, f"import of {path}", exc)
+                raise OSError(errno.ENOEXEC, f"{path}: import failed: {exc!r}", None) from exc
         try:
-            pymodule = modules.import_fresh(path)
-        except OSError:
-            raise
-        except BaseException as exc:
-            self.log_fault(None, f"import of {path}", exc)
-            raise OSError(errno.ENOEXEC, f"{path}: import failed: {exc!r}", None) from exc
-        try:
-            cls = modules.module_class(pymodule, path)
+            cls = target if isinstance(target, type) else modules.module_class(pymodule, path)
             name = getattr(cls, "name", None) or cls.__name__.lower()
             with self._lock:
                 if name in self._modules:
@@ -245,6 +254,24 @@ class Kernel:
              gids: tuple[int, ...] | None = None) -> SimFile:
         """Open a device in process, as open(2) would: a file with a position."""
         return SimFile(self.open_cdev(path, flags, uid, gids))
+
+    # -- fail(9) -----------------------------------------------------------------
+
+    def fail(self, device: str, op: str, action: str, value: float, *, after: int = 0, times: int | None = None,
+             prob: float | None = None, seed: int = 0, cmd: int | None = None) -> FailRule:
+        """Set a fault point on `device`'s `op` (kernel/fail.py says what each part means);
+        EINVAL for a rule that cannot apply, ENOENT for no such device.  Rules on one
+        operation are tried in the order they were set; the first that fires acts."""
+        cdev = self.lookup(device)
+        return fail_add(cdev, FailRule(cdev.name, op, action, value, after, times, prob, seed, cmd))
+
+    def fail_list(self) -> list[FailRule]:
+        return [rule for cdev in self.devfs for rule in cdev.failpoints]
+
+    def fail_clear(self, device: str | None = None, op: str | None = None) -> int:
+        """Remove the rules of `device` (every device's when None), of one `op` if given."""
+        cdevs = list(self.devfs) if device is None else [self.lookup(device)]
+        return sum(fail_clear(cdev, op) for cdev in cdevs)
 
     # -- messages and accounting -------------------------------------------------
 

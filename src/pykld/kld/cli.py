@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pykld.kld import commands
+from pykld.kld import commands, traces
 from pykld.kld import run as runner
 from pykld.transport.registry import TRANSPORTS
 
@@ -19,8 +19,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_publishing(run, "/run/pykld/dev")
     run.add_argument("--demo", action="store_true",
                      help='write "hi rust" to the first device and read it back, then keep serving')
+    run.add_argument("--console", action="store_true",
+                     help="print the message buffer (printf, driver faults) on stderr as it is written")
     _add_kld_commands(sub)
+    _add_trace_commands(sub)
     return parser
+
+
+def _add_trace_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    record = sub.add_parser("record", help="publish NAME as a proxy of a device file, tracing every operation",
+                            epilog="serves in the foreground until SIGINT or SIGTERM; the trace is written as it goes")
+    record.add_argument("source", help="the device file to forward to (/dev/ttyUSB0, /dev/urandom, a pykld device)")
+    record.add_argument("--as", dest="name", required=True, help="the proxy's device name")
+    record.add_argument("-o", "--output", required=True, help="the trace file to write")
+    _add_publishing(record, "/run/pykld/dev")
+    replay = sub.add_parser("replay", help="publish a device that answers from a trace",
+                            epilog="serves until SIGINT or SIGTERM; exit status 1 when a caller diverged")
+    replay.add_argument("trace", help="a trace written by pykld record")
+    replay.add_argument("--as", dest="name", help="the device's name (default: the trace's)")
+    _add_publishing(replay, "/run/pykld/dev")
 
 
 def _add_publishing(parser: argparse.ArgumentParser, dev_dir: str = "the runtime directory's dev/") -> None:
@@ -48,6 +65,14 @@ def _add_kld_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     dmesg = sub.add_parser("dmesg", help="print the message buffer")
     dmesg.add_argument("-f", "--follow", action="store_true", help="keep printing new messages")
 
+    fail = sub.add_parser("fail", help="fault points on a device's operations (fail(9))",
+                          usage="pykld fail DEVICE OP ACTION [VALUE] [--cmd CMD] [--after N] [--times M] "
+                                "[--prob P] [--seed S] | -l | -c [DEVICE [OP]]",
+                          epilog="OP: open read write ioctl poll close. ACTION VALUE: error ERRNO, delay SECONDS, "
+                                 "short BYTES, corrupt [BYTES]. Rules go with the device when its module unloads.")
+    fail.add_argument("-l", "--list", action="store_true", help="list the rules, with their calls and firings")
+    fail.add_argument("-c", "--clear", action="store_true", help="clear the rules (of DEVICE, of its OP)")
+    fail.add_argument("words", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     sysctl = sub.add_parser("sysctl", help="read or set the nodes modules publish (sysctl)",
                             epilog="NAME lists the node or every node below it; NAME=VALUE sets a node")
     sysctl.add_argument("names", nargs="*", metavar="NAME[=VALUE]")
@@ -73,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "run":
             return runner.run(args.module, transport=args.transport, dev_dir=args.dev_dir,
-                              bind=not args.no_bind, demo=args.demo)
+                              bind=not args.no_bind, demo=args.demo, console=args.console)
+        if args.command in ("record", "replay"):
+            return traces.main(args)
     except OSError as exc:
         print(f"pykld: {describe(exc)}", file=sys.stderr)
         return 1
@@ -100,6 +127,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return commands.sysctl(args.names, args.all, args.descriptions, args.values_only)
     if args.command == "shutdown":
         return commands.shutdown()
+    if args.command == "fail":
+        return commands.fail(args.words, args.list, args.clear)
     if args.command == "daemon":
         return commands.daemon(args.transport, args.dev_dir, not args.no_bind, args.foreground)
     return 2

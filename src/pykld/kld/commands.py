@@ -31,7 +31,7 @@ def strerror(code: int | None) -> str:
     return FREEBSD_STRERROR.get(code) or os.strerror(code)
 
 
-def fail(what: str, exc: OSError) -> int:
+def fail_with(what: str, exc: OSError) -> int:
     """Report a failed command; the exit status is 1, as err(1, ...) gives."""
     if isinstance(exc, client.NotRunning):
         print(f"pykld: {what}: {exc.strerror} ({exc.filename})", file=sys.stderr)
@@ -73,7 +73,7 @@ def load(target: str, transport: str | None, dev_dir: str | None, bind: bool) ->
         with conn:
             loaded = conn.call("load", target=resolve_target(target), transport=transport)
     except OSError as exc:
-        return fail(what, exc)
+        return fail_with(what, exc)
     devices = ", ".join(loaded["devices"]) or "no devices"
     print(f"Loaded {loaded['name']}, id={loaded['id']}: {devices}")
     if loaded["transport"] == "sim":
@@ -86,7 +86,7 @@ def unload(target: str, force: bool) -> int:
     try:
         client.call("unload", target=target, force=force)
     except OSError as exc:
-        return fail(f"can't unload {target}", exc)
+        return fail_with(f"can't unload {target}", exc)
     return 0
 
 
@@ -94,7 +94,7 @@ def stat(verbose: bool, as_json: bool) -> int:
     try:
         status = client.call("stat", verbose=verbose)
     except OSError as exc:
-        return fail("can't stat", exc)
+        return fail_with("can't stat", exc)
     status.pop("ok", None)
     if as_json:
         print(json.dumps(status, indent=2))
@@ -114,11 +114,11 @@ def sysctl(names: Sequence[str], everything: bool, descriptions: bool, values_on
         try:
             answer = client.call("sysctl", name=name, value=value if sep else None)
         except OSError as exc:
-            status = fail(f"{name or 'sysctl'}", exc)
+            status = fail_with(f"{name or 'sysctl'}", exc)
             continue
         for node in answer["nodes"]:
             if "error" in node:
-                status = fail(node["name"], OSError(node["error"], node["message"]))
+                status = fail_with(node["name"], OSError(node["error"], node["message"]))
                 continue
             shown = node["descr"] if descriptions else node["value"]
             if sep and not descriptions:
@@ -150,14 +150,15 @@ def format_stat(status: dict[str, Any], verbose: bool) -> str:
 def _device_table(devices: Sequence[dict[str, Any]]) -> list[str]:
     if not devices:
         return []
-    names = ("opens", "reads", "writes", "ioctls", "polls", "bytes_read", "bytes_written", "errors", "faults")
+    names = ("opens", "reads", "writes", "ioctls", "polls", "bytes_read", "bytes_written", "errors", "faults",
+             "injected")
     rows = [("Device", "Transport", "Open", "Opens", "Reads", "Writes", "Ioctls", "Polls", "BytesRead", "BytesWritten",
-             "Errors", "Faults")]
+             "Errors", "Faults", "Injected")]
     for device in devices:
         counters = device.get("stats", {})
         rows.append((device["name"], device.get("transport", "-"), str(device["open"]),
                      *(str(counters.get(n, "-")) for n in names)))
-    return _table(rows, right=range(2, 12))
+    return _table(rows, right=range(2, 13))
 
 
 def _malloc_table(types: Sequence[dict[str, Any]]) -> list[str]:
@@ -188,7 +189,28 @@ def dmesg(follow: bool) -> int:
         _quiet_stdout()  # `pykld dmesg | head`: the reader has what it wanted
         return 0
     except OSError as exc:
-        return fail("can't read the message buffer", exc)
+        return fail_with("can't read the message buffer", exc)
+    return 0
+
+
+def fail(words: list[str], listing: bool, clearing: bool) -> int:
+    """fail(9) rules in the daemon: set one (the words), list them (-l), or clear (-c [DEVICE [OP]])."""
+    try:
+        if listing:
+            for rule in client.call("fail_list")["rules"]:
+                print(rule)
+            return 0
+        if clearing:
+            if len(words) > 2:
+                raise OSError(errno.EINVAL, "fail -c takes at most DEVICE and OP", None)
+            device, operation = (*words, None, None)[:2]
+            cleared = client.call("fail_clear", device=device, operation=operation)
+            print(f"pykld: cleared {cleared['cleared']} rule(s)", file=sys.stderr)
+            return 0
+        added = client.call("fail", rule=" ".join(words))
+    except OSError as exc:
+        return fail_with("can't set the fault point" if not (listing or clearing) else "fail", exc)
+    print(f"rule {added['id']}: {added['rule']}")
     return 0
 
 
@@ -196,7 +218,7 @@ def shutdown() -> int:
     try:
         client.call("shutdown")
     except OSError as exc:
-        return fail("can't shut down", exc)
+        return fail_with("can't shut down", exc)
     return 0
 
 
@@ -212,11 +234,11 @@ def daemon(transport: str | None, dev_dir: str | None, bind: bool, foreground: b
     except client.NotRunning:
         pass
     except OSError as exc:
-        return fail("can't start the daemon", exc)
+        return fail_with("can't start the daemon", exc)
     try:
         started = client.start_daemon(transport, dev_dir, bind)
     except OSError as exc:
-        return fail("can't start the daemon", exc)
+        return fail_with("can't start the daemon", exc)
     print(f"pykld: daemon running (pid {started['pid']}, transport {started['transport']}; "
           f"log {rundir.log_path(rundir.run_dir())})", file=sys.stderr)
     return 0

@@ -8,6 +8,9 @@ most MAX_MESSAGE bytes.  A request names its operation:
     {"op": "stat", "verbose": false}
     {"op": "dmesg", "follow": false}
     {"op": "shutdown"}
+    {"op": "fail", "rule": "rustmodule read error EIO --times 1"}
+    {"op": "fail_list"}
+    {"op": "fail_clear", "device": null, "operation": null}
 
 and every reply says whether it worked:
 
@@ -106,6 +109,9 @@ SCHEMA: dict[str, dict[str, Field]] = {
     "dmesg": {"follow": Field((bool,), False)},
     "sysctl": {"name": Field((str,), ""), "value": Field((str, type(None)), None)},
     "shutdown": {},
+    "fail": {"rule": Field((str,))},  # a rule as `pykld fail` takes it (kernel/fail.py: parse)
+    "fail_list": {},
+    "fail_clear": {"device": Field((str, type(None)), None), "operation": Field((str, type(None)), None)},
 }
 
 

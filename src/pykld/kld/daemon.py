@@ -42,6 +42,9 @@ SHUTDOWN_TIMEOUT = 60.0
 _PEERCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
+FAIL_OPS = ("fail", "fail_list", "fail_clear")
+
+
 def authorized(peer_uid: int, op: str) -> bool:
     """Every operation is for root and the daemon's own user; see the module docstring."""
     return peer_uid in (0, os.geteuid())
@@ -328,6 +331,8 @@ class Daemon:
                 return control.ok(**self.service.load(req.args["target"], req.args["transport"]))
             if req.op == "unload":
                 return control.ok(**self.service.unload(req.args["target"], req.args["force"]))
+            if req.op in FAIL_OPS:
+                return control.ok(**getattr(self.service, req.op)(**req.args))
             if req.op == "sysctl":
                 return control.ok(**self.service.sysctl(req.args["name"], req.args["value"]))
             return control.ok(**self.service.stat(req.args["verbose"]))

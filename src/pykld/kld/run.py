@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
+from collections.abc import Callable
 
 from pykld.kernel.kernel import Kernel
 from pykld.transport import programs, registry
@@ -47,14 +49,34 @@ def _demo_sim(kernel: Kernel, path: str) -> None:
               f"{f.read().decode(errors='replace')}", end="")
 
 
-def run(module: str, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
-        demo: bool = False) -> int:
+def _echo_console(kernel: Kernel, finished: threading.Event) -> None:
+    """A FreeBSD console: every line of the message buffer on stderr, as it is written,
+    up to the last one the unload printed."""
+    seq = 0
+    while True:
+        last = finished.is_set()
+        seq, lines = kernel.msgbuf.since(seq, timeout=0.5)
+        for line in lines:
+            print(line.format(kernel.msgbuf.boot), file=sys.stderr, flush=True)
+        if last:
+            return
+
+
+def run(module: str | type, transport: str | None = None, dev_dir: str | None = None, bind: bool = True,
+        demo: bool = False, outcome: Callable[[Kernel], int] | None = None, console: bool = False) -> int:
+    """Serve `module` (a file, or a Module class) until SIGINT/SIGTERM; the exit status
+    is 0, or what `outcome` makes of the kernel before it shuts down.  `console` echoes
+    the message buffer on stderr."""
     choice = registry.pick(transport)
     stop = threading.Event()
     # From here to the end, SIGINT and SIGTERM only ask to stop: a second one
     # during the clean-up must not kill the process halfway through unmounting.
     previous = {s: signal.signal(s, lambda signum, frame: stop.set()) for s in (signal.SIGINT, signal.SIGTERM)}
     kernel = Kernel()
+    finished = threading.Event()
+    echo = threading.Thread(target=_echo_console, args=(kernel, finished), name="pykld-console", daemon=True)
+    if console:
+        echo.start()
     published = registry.make_transport(kernel, choice.name, dev_dir, bind)
     in_process = published.name == "sim"  # until a device of the module is a pty (below)
     try:
@@ -77,9 +99,12 @@ def run(module: str, transport: str | None = None, dev_dir: str | None = None, b
         print("pykld: serving; Ctrl-C (SIGINT) or SIGTERM to unload and exit", flush=True)
         while not stop.wait(3600):
             pass
-        return 0
+        return outcome(kernel) if outcome is not None else 0
     finally:
         kernel.shutdown()
         published.stop()
+        finished.set()
+        if echo.is_alive():
+            echo.join(2)  # what the unload printed is on the console before the process ends
         for signum, handler in previous.items():
             signal.signal(signum, handler)

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+from pykld.kernel import fail as failpoints
 from pykld.kernel.devfs import Cdev
 from pykld.kernel.kernel import Kernel
 from pykld.kernel.modules import resolve
@@ -80,6 +81,27 @@ class Service:
         if verbose:
             device["stats"] = dataclasses.asdict(cdev.stats)
         return device
+
+    # -- fail(9) rules: set, listed and cleared by `pykld fail` ------------------------
+
+    def fail(self, rule: str) -> dict[str, Any]:
+        words = failpoints.parse(rule)
+        words["device"] = self._device_name(words["device"])
+        added = self.kernel.fail(**words)
+        return {"id": added.id, "rule": added.describe()}
+
+    def fail_list(self) -> dict[str, Any]:
+        return {"rules": [rule.describe() for rule in self.kernel.fail_list()]}
+
+    def fail_clear(self, device: str | None, operation: str | None) -> dict[str, Any]:
+        return {"cleared": self.kernel.fail_clear(None if device is None else self._device_name(device), operation)}
+
+    def _device_name(self, given: str) -> str:
+        """A device as the user names it: its name, /dev/NAME, or where the transport published it."""
+        for cdev in self.kernel.devfs:
+            if given in (cdev.name, cdev.path, self.publisher.device_path(cdev.name)):
+                return cdev.name
+        raise OSError(errno.ENOENT, f"no such device: {given}", None)
 
     def sysctl(self, name: str, value: str | None) -> dict[str, Any]:
         """The nodes at or below `name` (every node for ""), or, given a value, that
