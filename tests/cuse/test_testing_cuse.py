@@ -43,6 +43,9 @@ def test_a_signal_ends_an_injected_delay_with_eintr(membuf: tuple[Kernel, str]) 
     on_fuse.test_a_signal_ends_an_injected_delay_with_eintr(membuf)
 
 
+# An inner pytest session under the VM's software emulation takes tens of seconds to start
+# (imports, assertion rewriting): 30 s was not enough in a fresh root's CI run.
+@pytest.mark.timeout(180)
 def test_pykld_host_picks_cuse_first(pytester: pytest.Pytester) -> None:
     require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
     pytester.makepyfile(test_user=f"""
