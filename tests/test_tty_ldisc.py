@@ -238,3 +238,14 @@ def test_exclusive_open_is_ebusy_for_others_until_the_last_close(kernel: Kernel,
     p.f.ioctl(t.TIOCEXCL, 0)
     p.f.close()
     kernel.open("/dev/ttyLD0", os.O_RDWR, uid=65534).close()  # cleared at the last close
+
+
+def test_a_bnnn_code_sets_the_speeds_termios2_reports(port) -> None:
+    device, _, p = port()
+    stale = Termios.unpack(p.f.ioctl(t.TCGETS2, bytearray(t.TERMIOS2.size)).data or b"")
+    code_only = Termios(stale.iflag, stale.oflag, (stale.cflag & ~t.CBAUD) | 0xC, stale.lflag, 0, stale.cc,
+                        stale.ispeed, stale.ospeed)  # B4800, c_ispeed/c_ospeed still 9600
+    p.f.ioctl(t.TCSETS2, code_only.pack())
+    now = Termios.unpack(p.f.ioctl(t.TCGETS2, bytearray(t.TERMIOS2.size)).data or b"")
+    assert (now.ispeed, now.ospeed) == (4800, 4800)
+    assert ("param", 4800) in device.events
