@@ -14,7 +14,8 @@ device, TCGETS2/TCSETS*2 carry the termios (the pty transport passes on the
 settings it reads off the master this way) and TCFLSH flushes.  The line
 discipline is not here: over a pty the host kernel's n_tty is the program's,
 and over FUSE there is none, so the legacy TCGETS is ENOTTY and isatty() says
-no (spec §4.3).
+no (spec §4.3).  Over CUSE there is none either, so a port made for it is an
+LdiscTty (pykld.tty.ldisc), which is its own line discipline.
 """
 
 from __future__ import annotations
