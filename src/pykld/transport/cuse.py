@@ -222,8 +222,20 @@ class CuseChannel:
             time.sleep(0.005)
         st = os.stat(self.node)
         self.rdev = st.st_rdev
+        self._settle_udev()
         os.chown(self.node, self.cdev.uid, self.cdev.gid)
         os.chmod(self.node, self.cdev.mode)
+
+    def _settle_udev(self) -> None:
+        """Let a running udev finish with the new node before make_dev's owner and mode
+        go on it: its rules would land after ours and undo them (Debian's give every
+        /dev/tty[A-Z]*[0-9] group dialout and mode 0660, whatever the subsystem)."""
+        if not os.path.exists("/run/udev/control") or programs.find("udevadm") is None:
+            return
+        try:
+            programs.run(["udevadm", "settle", "--timeout=5"])
+        except OSError as exc:
+            self.kernel.printf("kernel", f"{self.node}: udevadm settle: {exc.strerror}; udev may change its mode")
 
     def withdraw_node(self) -> None:
         """Remove the node now, while open files still drain through the channel."""

@@ -3,7 +3,8 @@
     from pykld.tty import LineSettings, SerialDevice, make_tty
 
 A peripheral is a SerialDevice; make_tty publishes it as /dev/ttyNAME, over a
-pseudo-terminal by default so that programs get the host's real termios.
+pseudo-terminal by default so that programs get the host's real termios, or
+with transport="cuse" as a character device with pykld's own line discipline.
 """
 
 from pykld.tty.termios import LineSettings, Termios

@@ -20,13 +20,24 @@ TCGETS, TCSETS, TCSETSW, TCSETSF = 0x5401, 0x5402, 0x5403, 0x5404
 TCSBRK, TCXONC, TCFLSH = 0x5409, 0x540A, 0x540B
 TCGETS2, TCSETS2, TCSETSW2, TCSETSF2 = 0x802C542A, 0x402C542B, 0x402C542C, 0x402C542D
 TCIFLUSH, TCOFLUSH, TCIOFLUSH = 0, 1, 2
+TCOOFF, TCOON, TCIOFF, TCION = 0, 1, 2, 3
+TERMIOS = 36  # bytes of the legacy struct termios: termios2 without c_ispeed/c_ospeed
+# The tty ioctls a line discipline answers (asm-generic/ioctls.h, spec §4.1)
+TIOCEXCL, TIOCNXCL, TIOCOUTQ, TIOCGWINSZ, TIOCSWINSZ = 0x540C, 0x540D, 0x5411, 0x5413, 0x5414
+TIOCMGET, TIOCMBIS, TIOCMBIC, TIOCMSET, TIOCINQ = 0x5415, 0x5416, 0x5417, 0x5418, 0x541B
+TIOCGSERIAL, TIOCSSERIAL, TCSBRKP, TIOCSBRK, TIOCCBRK = 0x541E, 0x541F, 0x5425, 0x5427, 0x5428
+TIOCGEXCL, TIOCMIWAIT, TIOCGICOUNT = 0x80045440, 0x545C, 0x545D
+# Modem lines (TIOCM_*)
+TIOCM_DTR, TIOCM_RTS, TIOCM_CTS, TIOCM_CD, TIOCM_RI, TIOCM_DSR = 0x2, 0x4, 0x20, 0x40, 0x80, 0x100
+# c_cc indices
+VINTR, VQUIT, VERASE, VKILL, VEOF, VTIME, VMIN, VEOL = 0, 1, 2, 3, 4, 5, 6, 11
 
 # c_cflag
 CBAUD, BOTHER, CSIZE, CSTOPB, CREAD, PARENB, PARODD = 0x100F, 0x1000, 0x30, 0x40, 0x80, 0x100, 0x200
 HUPCL, CLOCAL, CIBAUD, CMSPAR, CRTSCTS = 0x400, 0x800, 0x100F0000, 0x40000000, 0x80000000
 CS5, CS6, CS7, CS8 = 0x00, 0x10, 0x20, 0x30
 # c_iflag / c_oflag / c_lflag bits the defaults use
-ICRNL, IXON, IXOFF = 0x100, 0x400, 0x1000
+INLCR, IGNCR, ICRNL, ISTRIP, IXON, IXOFF = 0x40, 0x80, 0x100, 0x20, 0x400, 0x1000
 OPOST, ONLCR = 0x1, 0x4
 ISIG, ICANON, ECHO, ECHOE, ECHOK, ECHOCTL, ECHOKE, IEXTEN = 0x1, 0x2, 0x8, 0x10, 0x20, 0x200, 0x800, 0x8000
 
@@ -115,6 +126,21 @@ class Termios:
         return LineSettings(speed=speed, bits=5 + ((self.cflag & CSIZE) >> 4), parity=parity,
                             stopbits=2 if self.cflag & CSTOPB else 1, rtscts=bool(self.cflag & CRTSCTS),
                             xonxoff=bool(self.iflag & IXOFF))
+
+    def with_legacy(self, data: bytes | bytearray | memoryview) -> Termios:
+        """These settings changed by a legacy struct termios (TCSETS*): the speeds
+        follow its CBAUD and CIBAUD, as the kernel derives them."""
+        if len(data) < TERMIOS:
+            raise OSError(errno.EFAULT, f"termios needs {TERMIOS} bytes, got {len(data)}", None)
+        return Termios.unpack(bytes(data[:TERMIOS]) + struct.pack("<2I", self.ispeed, self.ospeed)).normalized()
+
+    def normalized(self) -> Termios:
+        """c_ospeed and c_ispeed as CBAUD and CIBAUD say, unless BOTHER (then they are the
+        caller's); an input speed code of 0 means "as the output" (tty_termios_input_baud_rate)."""
+        code, icode = self.cflag & CBAUD, (self.cflag & CIBAUD) >> 16
+        ospeed = self.ospeed if code == BOTHER else SPEED_OF_CODE.get(code, self.ospeed)
+        ispeed = ospeed if icode == 0 else self.ispeed if icode == BOTHER else SPEED_OF_CODE.get(icode, self.ispeed)
+        return Termios(self.iflag, self.oflag, self.cflag, self.lflag, self.line, self.cc, ispeed, ospeed)
 
     def with_speed(self, speed: int) -> Termios:
         """The same settings at another speed, both directions."""

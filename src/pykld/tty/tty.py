@@ -14,12 +14,14 @@ device, TCGETS2/TCSETS*2 carry the termios (the pty transport passes on the
 settings it reads off the master this way) and TCFLSH flushes.  The line
 discipline is not here: over a pty the host kernel's n_tty is the program's,
 and over FUSE there is none, so the legacy TCGETS is ENOTTY and isatty() says
-no (spec §4.3).
+no (spec §4.3).  Over CUSE there is none either, so a port made for it is an
+LdiscTty (pykld.tty.ldisc), which is its own line discipline.
 """
 
 from __future__ import annotations
 
 import errno
+import os
 import time
 from select import POLLIN, POLLOUT, POLLRDNORM, POLLWRNORM
 from typing import ClassVar
@@ -262,8 +264,17 @@ def make_tty(device: SerialDevice, name: str, uid: int = 0, gid: int = 0, mode: 
              transport: str | None = "pty") -> Tty:
     """Publish `device` as the serial port /dev/`name` ("ttyGPS0").  Over the pty
     transport (the default, whatever the daemon's) programs get the host's real
-    termios and line discipline; transport=None leaves it to the daemon's."""
-    tty = Tty(device, name)
+    termios and line discipline; transport="cuse" makes the port its own tty
+    layer (pykld.tty.ldisc: modem lines, breaks), for a CUSE daemon; None leaves
+    it to the daemon's.  PYKLD_TTY_TRANSPORT in the environment replaces the
+    default "pty", so a driver's ports can be moved to CUSE without editing it."""
+    if transport == "pty":
+        transport = os.environ.get("PYKLD_TTY_TRANSPORT") or transport
+    if transport == "cuse":
+        from pykld.tty.ldisc import LdiscTty  # it builds on this module
+        tty: Tty = LdiscTty(device, name)
+    else:
+        tty = Tty(device, name)
     tty.cdev = make_dev(tty, name, uid, gid, mode, transport=transport)
     printf(f"{name}: serial port, {tty.line}")
     return tty
