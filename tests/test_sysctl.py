@@ -130,3 +130,15 @@ def test_a_getter_that_crashes_or_returns_garbage_is_eio_and_logged(
     assert setter.value.errno == errno.EIO
     log = "\n".join(kernel.dmesg())
     assert "ZeroDivisionError" in log and "'seven'" in log and "IndexError" in log
+
+
+def test_sysctl_remove_takes_a_node_away_before_unload(kernel: Kernel, load_driver: Callable[..., int]) -> None:
+    load_driver("""
+        from pykld.kpi import Module, sysctl_add, sysctl_remove
+        class Brief(Module):
+            name = "brief"
+            def load(self):
+                sysctl_remove(sysctl_add("dev.brief.gone", "int", lambda: 1))
+                sysctl_add("dev.brief.kept", "int", lambda: 2)
+    """, "brief")
+    assert [oid.name for oid in kernel.sysctl_list()] == ["dev.brief.kept"]

@@ -6,6 +6,7 @@ in which case it fails: CI must never pass by skipping what it should test.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,8 +14,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
@@ -69,18 +71,29 @@ def dev_dir() -> Iterator[str]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def fuse(dev_dir: str) -> Iterator[tuple[Kernel, FuseTransport]]:
-    """A kernel in this process, published at dev_dir over FUSE (no /dev binds)."""
-    require_fuse()
+T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def published(make_transport: Callable[[Kernel], T]) -> Iterator[tuple[Kernel, T]]:
+    """A kernel in this process and the transport `make_transport` gives it, started;
+    everything unloaded and the transport stopped afterwards, whatever the test did."""
     kernel = Kernel()
-    transport = FuseTransport(kernel, dev_dir, bind=False)
+    transport: Any = make_transport(kernel)
     transport.start()
     try:
         yield kernel, transport
     finally:
         kernel.shutdown()
         transport.stop()
+
+
+@pytest.fixture
+def fuse(dev_dir: str) -> Iterator[tuple[Kernel, FuseTransport]]:
+    """A kernel in this process, published at dev_dir over FUSE (no /dev binds)."""
+    require_fuse()
+    with published(lambda kernel: FuseTransport(kernel, dev_dir, bind=False)) as served:
+        yield served
 
 
 def wait_for(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:  # type: ignore[no-untyped-def]

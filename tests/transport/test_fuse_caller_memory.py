@@ -20,7 +20,7 @@ import pytest
 from pykld import Kernel
 from pykld.transport.fuse import FuseTransport
 
-from .conftest import require_fuse, require_root, write_driver
+from .conftest import published, require_fuse, require_root, write_driver
 
 AS_NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
@@ -109,15 +109,9 @@ def test_a_bad_pointer_is_efault_and_the_next_call_works(mirror: str) -> None:
 def no_process_memory(monkeypatch: pytest.MonkeyPatch, dev_dir: str, tmp_path: Path) -> Iterator[str]:
     require_fuse()
     monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "off")
-    kernel = Kernel()
-    transport = FuseTransport(kernel, dev_dir, bind=False)
-    transport.start()
-    try:
+    with published(lambda kernel: FuseTransport(kernel, dev_dir, bind=False)) as (kernel, transport):
         kernel.kldload(write_driver(tmp_path, "mirror", MIRROR))
         yield transport.device_path("mirror")
-    finally:
-        kernel.shutdown()
-        transport.stop()
 
 
 def test_turned_off_it_is_eopnotsupp_as_without_rights(no_process_memory: str) -> None:

@@ -21,9 +21,8 @@ import pytest
 from i2c_tools import I2CSensorsSuite, Sysctl, check_bad_input, have_i2c_tools, ok, run
 from test_cli import Pykld
 
-from pykld import Kernel
 from pykld.transport.fuse import FuseTransport
-from transport.conftest import EXAMPLES, require, require_fuse, require_root
+from transport.conftest import EXAMPLES, published, require, require_fuse, require_root
 
 BUS = 1
 
@@ -100,16 +99,10 @@ def without_caller_memory(monkeypatch: pytest.MonkeyPatch, dev_dir: str) -> Iter
     assert not os.path.lexists("/dev/i2c-11"), "/dev/i2c-11 exists here already"
     monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "off")
     monkeypatch.setenv("PYKLD_I2C_SENSORS_BUS", "11")
-    kernel = Kernel()
-    transport = FuseTransport(kernel, dev_dir, bind=True)
-    transport.start()
-    try:
+    with published(lambda kernel: FuseTransport(kernel, dev_dir, bind=True)) as (kernel, transport):
         kernel.kldload(str(EXAMPLES / "i2c_sensors.py"))
         transport.settle()  # the bind at /dev/i2c-11 is made by the transport's own thread
         yield 11
-    finally:
-        kernel.shutdown()
-        transport.stop()
 
 
 def test_without_caller_memory_pointer_ioctls_are_eopnotsupp_and_read_write_work(without_caller_memory: int) -> None:

@@ -23,7 +23,7 @@ import serial
 from pykld import Kernel
 from pykld.transport.pty import PtyTransport
 
-from .conftest import AS_NOBODY, EXAMPLES, wait_for
+from .conftest import AS_NOBODY, EXAMPLES, published, wait_for
 
 TIOCEXCL = 0x540C
 
@@ -77,14 +77,8 @@ class LoopbackModule(Module):
 
 @pytest.fixture
 def ptys(dev_dir: str) -> Iterator[tuple[Kernel, PtyTransport]]:
-    kernel = Kernel()
-    transport = PtyTransport(kernel, dev_dir, bind=False)
-    transport.start()
-    try:
-        yield kernel, transport
-    finally:
-        kernel.shutdown()
-        transport.stop()
+    with published(lambda kernel: PtyTransport(kernel, dev_dir, bind=False)) as served:
+        yield served
 
 
 @pytest.fixture

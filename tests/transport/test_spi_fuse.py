@@ -16,7 +16,7 @@ from test_cli import Pykld, pykld, require_free  # noqa: F401 - a fixture
 from pykld import Kernel
 from pykld.transport.fuse import FuseTransport
 
-from .conftest import EXAMPLES, require_fuse, require_root
+from .conftest import EXAMPLES, published, require_fuse, require_root
 from .spidev_clients import FLASH_SCENARIOS, adc_conversions, client
 
 
@@ -69,16 +69,10 @@ def spi_without_caller_memory(monkeypatch: pytest.MonkeyPatch, dev_dir: str) -> 
     """A daemon that may not reach its callers' memory (as without ptrace rights)."""
     require_fuse()
     monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "off")
-    kernel = Kernel()
-    transport = FuseTransport(kernel, dev_dir, bind=False)
-    transport.start()
-    try:
+    with published(lambda kernel: FuseTransport(kernel, dev_dir, bind=False)) as (kernel, transport):
         kernel.kldload(str(EXAMPLES / "spi_flash.py"))
         kernel.sysctl("dev.w25q64.0.time_scale", 0.0)
         yield transport.device_path("spidev0.0")
-    finally:
-        kernel.shutdown()
-        transport.stop()
 
 
 def test_without_caller_memory_settings_and_read_write_work_and_messages_are_eopnotsupp(

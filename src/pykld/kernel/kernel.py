@@ -182,6 +182,9 @@ class Kernel:
     def sysctl_add(self, oid: SysctlOid) -> SysctlOid:
         return self.sysctls.add(oid)
 
+    def sysctl_remove(self, oid: SysctlOid) -> None:
+        self.sysctls.remove(oid)
+
     def sysctl(self, name: str, value: Any = _UNSET) -> Any:
         """The value of node `name`; given `value` (a Python value or text), set it and
         return the value it had.  ENOENT for an unknown name, EPERM for a read-only

@@ -72,4 +72,4 @@ def sysctl_remove(oid: SysctlOid) -> None:
     td = curthread()
     if td is None or td.kernel is None:
         raise RuntimeError("sysctl_remove() outside a module event or device operation")
-    td.kernel.sysctls.remove(oid)
+    td.kernel.sysctl_remove(oid)
