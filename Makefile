@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 APT_BASE := python3-venv python3-pip fuse3 gcc python3-dev  # gcc, python3-dev: PyPI's spidev builds from source
-APT_BENCH := libfuse3-dev pkg-config gcc
+APT_BENCH := libfuse3-dev pkg-config gcc meson ninja-build liburing-dev libnuma-dev  # meson..libnuma: libfuse 3.18.2 with io_uring (bench/peers.py)
 # Real clients the bus tests drive: i2cdetect, i2cget, i2cset, i2cdump, i2ctransfer.
 APT_TEST := i2c-tools
 

@@ -1,14 +1,20 @@
 /* The benchmark's client: one operation in a tight loop on one file, timed.
  *
- *   client PATH OP SECONDS     OP: pread4k pwrite4k pread1m pwrite1m openclose
- *   client PATH fill           write 1 MiB of a pattern at offset 0, read it back, compare
+ *   client PATH OP SECONDS         OP: pread4k pwrite4k pread1m pwrite1m openclose
+ *   client PATH OP SECONDS START   the same, timed from START (CLOCK_MONOTONIC seconds) on
+ *   client PATH fill               write 1 MiB of a pattern at offset 0, read it back, compare
  *
  * Compiled at bench time (gcc -O2) so that the client costs next to nothing:
  * every contender gets the same client, and on a 2-core machine a cheap client
  * leaves the CPU to the daemon being measured.  The file is opened with O_DIRECT
  * (every operation reaches the daemon); if the filesystem refuses it, plain.
  * Prints one line of JSON: {"op":..., "ops":N, "seconds":S, "warmup_ops":W, "cpu_seconds":C,
- * "o_direct":0|1} (C: the client's own CPU time in the timed loop).
+ * "o_direct":0|1, "late":L} (C: the client's own CPU time in the timed loop).
+ *
+ * START is for several clients at once (the concurrency series): the benchmark starts N of them
+ * with the same START a little ahead, each warms up until then, and all time the same window,
+ * START to START + SECONDS, however long each took to be exec'd.  A client that was not warm by
+ * START (20 operations) starts timing late and says by how much (L seconds; 0 without START).
  * Any short or failed operation is an error (exit 1), never a silent count.
  */
 #define _GNU_SOURCE
@@ -105,23 +111,27 @@ int main(int argc, char **argv)
 	double seconds = atof(argv[3]);
 	int fd = open_file(argv[1]);
 
-	/* Warm up: a few operations untimed (caches, lazily started daemon threads). */
+	/* Warm up: a few operations untimed (caches, lazily started daemon threads); with START, until
+	 * then, so that every client of a concurrent run is busy before any is timed. */
 	long warm = 0;
 	double t0 = now();
-	for (; warm < 20 || now() - t0 < 0.02; warm++)
+	double start_at = argc > 4 ? atof(argv[4]) : 0;
+	for (; warm < 20 || now() - t0 < 0.02 || now() < start_at; warm++)
 		one(op, argv[1], fd, buf);
 
 	long n = 0;
 	double cpu0 = cpu_now(), start = now(), t;
+	double late = start_at > 0 ? start - start_at : 0;
+	double end = start_at > 0 ? start_at + seconds : start + seconds;
 	do {
 		for (int i = 0; i < 8; i++)  /* check the clock every 8 operations */
 			one(op, argv[1], fd, buf);
 		n += 8;
 		t = now();
-	} while (t - start < seconds);
+	} while (t < end);
 	double cpu = cpu_now() - cpu0;
 	close(fd);
 	printf("{\"op\":\"%s\",\"ops\":%ld,\"seconds\":%.6f,\"warmup_ops\":%ld,\"cpu_seconds\":%.6f,"
-	       "\"o_direct\":%d}\n", ops[op], n, t - start, warm, cpu, o_direct);
+	       "\"o_direct\":%d,\"late\":%.6f}\n", ops[op], n, t - start, warm, cpu, o_direct, late);
 	return 0;
 }
