@@ -16,8 +16,8 @@ One client, bench/client.c (built now), runs each operation in a tight loop for 
 fresh process, the file opened with O_DIRECT so every operation reaches the daemon.  Each contender
 runs twice: in its own session (its own scheduler autogroup, as a daemon started elsewhere) and in
 the client's.  Rounds alternate the daemons (the order rotates each round); the figure kept is the
-median over rounds.  Then the concurrency series: 2, 4 and 8 client processes at once on the same
-file (1 is the first series' figure), aggregate ops/s.  A contender that cannot run here (no compiled
+median over rounds.  Then the concurrency series: 1, 2, 4 and 8 client processes at once on the
+same file, aggregate ops/s.  A contender that cannot run here (no compiled
 loop, no io_uring, no meson...) is shown as n/a with the reason.  The io_uring contenders need
 fuse.enable_uring = Y: as root the benchmark sets it, says so, and puts back what it found at the end.
 bench/README.md says more, and what limits the figures.
@@ -342,10 +342,10 @@ def run_clients(client: Path, path: str, op: str, n: int, seconds: float) -> lis
 
 
 def one_measurement(daemon: Daemon, client: Path, op: str, n: int, seconds: float) -> Sample:
-    """One sample: n clients (1: a plain client run) for `seconds`; the aggregate rate and the daemon's
-    CPU and read(2) calls per operation (warm-up included, as the daemon served those too)."""
+    """One sample: n clients at once for `seconds` (0: one plain client run); the aggregate rate and the
+    daemon's CPU and read(2) calls per operation (warm-up included, as the daemon served those too)."""
     cpu0, reads0 = daemon.cpu_ns(), read_calls(daemon.pid)
-    if n == 1:
+    if n == 0:
         runs = [run_client(client, daemon.path, op, f"{seconds}", timeout=seconds + CLIENT_SLACK)]
     else:
         runs = run_clients(client, daemon.path, op, n, seconds)
@@ -373,8 +373,9 @@ class Run:
     samples: dict[Key, dict[str, list[Sample]]] = field(default_factory=dict)
 
     def rounds(self, series: list[tuple[str, int]], rounds: int, seconds: float, title: str) -> None:
-        """rounds x series (op, clients) x daemons; the daemons' order rotates each round.  A daemon whose
-        measurement fails takes its contender out of the rest of the run (n/a, with the reason)."""
+        """rounds x series (op, clients at once; 0: the plain single client) x daemons; the daemons' order
+        rotates each round.  Samples go under "op" (0) or "op xN".  A daemon whose measurement fails takes
+        its contender out of the rest of the run (n/a, with the reason)."""
         order = list(self.daemons)
         for r in range(rounds):
             turn = order[r % len(order):] + order[: r % len(order)]
@@ -392,12 +393,16 @@ class Run:
                             f"; its last lines: {' | '.join(tail)}" if daemon.proc else "")
                         log(f"{key[0]}: {self.failed[key[0]]}")
                         continue
-                    self.samples.setdefault(key, {}).setdefault(f"{op}@{n}", []).append(sample)
-            first = f"{series[0][0]}@{series[0][1]}"
+                    self.samples.setdefault(key, {}).setdefault(series_key(op, n), []).append(sample)
+            first = series_key(*series[0])
             so_far = ", ".join(f"{name}@{where} {statistics.median(s['ops_per_s'] for s in got[first]):,.0f}"
                                for (name, where), got in self.samples.items()
                                if first in got and name not in self.failed)
-            log(f"{title} round {r + 1}/{rounds} ({series[0][0]} x{series[0][1]} median ops/s so far: {so_far})")
+            log(f"{title} round {r + 1}/{rounds} ({first} median ops/s so far: {so_far})")
+
+
+def series_key(op: str, n: int) -> str:
+    return op if n == 0 else f"{op} x{n}"
 
 
 def summarize(samples: list[Sample], op: str) -> dict[str, Any]:
@@ -435,14 +440,14 @@ def results_of(run: Run, names: list[str], places: list[str], levels: list[int])
     for place in places:
         operations: dict[str, Any] = {}
         for op in OPS:
-            row: dict[str, Any] = {n: summarize(run.samples[n, place][f"{op}@1"], op) for n in ran}
+            row: dict[str, Any] = {n: summarize(run.samples[n, place][op], op) for n in ran}
             row["ratios"] = {f"{a}/{b}": row[a]["ops_per_s"] / row[b]["ops_per_s"] for a, b in ratio_pairs(ran)}
             operations[op] = row
         concurrency: dict[str, Any] = {}
         for op in CONCURRENCY_OPS:
             per_level: dict[str, Any] = {}
             for n in levels:
-                cell: dict[str, Any] = {c: summarize(run.samples[c, place][f"{op}@{n}"], op) for c in ran}
+                cell: dict[str, Any] = {c: summarize(run.samples[c, place][series_key(op, n)], op) for c in ran}
                 cell["ratios"] = {f"{a}/{b}": cell[a]["ops_per_s"] / cell[b]["ops_per_s"]
                                   for a, b in ratio_pairs(ran)}
                 per_level[str(n)] = cell
@@ -484,7 +489,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--concurrency-rounds", type=int, help="rounds of the concurrency series (default 6, "
                         "--quick 2; 0: none)")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)),
-                        help="client processes at once in the concurrency series (1 is the first series')")
+                        help="client processes at once in the concurrency series (default 1,2,4,8)")
     parser.add_argument("--contenders", default=",".join(CONTENDERS),
                         help="comma-separated subset of " + ",".join(CONTENDERS))
     parser.add_argument("--placements", default=",".join(PLACEMENTS),
@@ -502,16 +507,16 @@ def parse_args() -> argparse.Namespace:
     args.names = list(dict.fromkeys(ALIASES.get(n, n) for n in args.contenders.split(",") if n))
     args.places = [p for p in args.placements.split(",") if p]
     try:
-        args.levels = sorted({int(n) for n in args.levels.split(",") if n} | {1})
+        args.levels = sorted({int(n) for n in args.levels.split(",") if n})
     except ValueError:
         parser.error("--levels takes numbers: 1,2,4,8")
     if args.concurrency_rounds == 0:
-        args.levels = [1]
+        args.levels = []
     if not args.names or any(n not in CONTENDERS for n in args.names):
         parser.error(f"contenders are {', '.join(CONTENDERS)}")
     if not args.places or any(p not in PLACEMENTS for p in args.places):
         parser.error(f"placements are {', '.join(PLACEMENTS)}")
-    if min(args.levels) < 1:
+    if args.levels and min(args.levels) < 1:
         parser.error("--levels: at least one client")
     return args
 
@@ -565,18 +570,18 @@ def main() -> int:
                 info["fioc_threads"] = "single (-s)" if args.fioc_single_threaded else "multithreaded (default)"
                 info["o_direct"] = {f"{n}@{p}": d.o_direct for (n, p), d in daemons.items()}
                 info["enable_uring"] = "Y (for the run)" if wants_ring and ring_missing is None else "untouched"
-                more = [n for n in args.levels if n > 1]
+                levels = args.levels
                 est = len(daemons) * (args.rounds * len(OPS) * (args.seconds + 0.05)
-                                      + args.concurrency_rounds * len(more) * len(CONCURRENCY_OPS)
+                                      + args.concurrency_rounds * len(levels) * len(CONCURRENCY_OPS)
                                       * (args.seconds + 0.12))
                 log(f"{args.rounds} rounds x {len(OPS)} operations, then {args.concurrency_rounds} rounds x "
-                    f"{more} clients x {len(CONCURRENCY_OPS)} operations, x {len(daemons)} daemons x "
+                    f"{levels} clients x {len(CONCURRENCY_OPS)} operations, x {len(daemons)} daemons x "
                     f"{args.seconds} s (about {est:.0f} s)")
                 started = time.monotonic()
                 run = Run(daemons, builds.client)
-                run.rounds([(op, 1) for op in OPS], args.rounds, args.seconds, "operations")
-                if more:
-                    run.rounds([(op, n) for n in more for op in CONCURRENCY_OPS], args.concurrency_rounds,
+                run.rounds([(op, 0) for op in OPS], args.rounds, args.seconds, "operations")
+                if args.levels:
+                    run.rounds([(op, n) for n in args.levels for op in CONCURRENCY_OPS], args.concurrency_rounds,
                                args.seconds, "concurrency")
                 info["measure_seconds"] = round(time.monotonic() - started, 1)
                 info["loadavg_end"] = os.getloadavg()
@@ -615,7 +620,7 @@ def main() -> int:
     if "matplotlib" in usable:
         wrote += draw_chart(lambda path: chart_relative(report, ran, OPS, OP_LABEL, path),
                             args.out / "membuf_fuse.png", log)
-        if len(args.levels) > 1:
+        if args.levels:
             wrote += draw_chart(lambda path: chart_concurrency(report, ran, CONCURRENCY_OPS, OP_LABEL, path),
                                 args.out / "membuf_concurrency.png", log)
     else:

@@ -84,7 +84,7 @@ def markdown_report(report: dict[str, Any], names: list[str], ops: list[str], la
                            if n in ran else "n/a" for n in names] for op in ops]
     out.append(_table(["operation", *names], rows))
     levels = [str(n) for n in report["levels"]]
-    if len(levels) > 1:
+    if levels:
         for op in concurrency_ops:
             out += ["", f"Concurrency, {label[op]}: aggregate ops/s of N client processes at once on the one "
                     "file (thousands), and daemon CPU µs per operation:", ""]
