@@ -35,6 +35,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import statistics
 import subprocess
@@ -124,6 +125,8 @@ PIP_NEEDS = {"pyfuse3": "pyfuse3", "trio": "trio", "matplotlib": "matplotlib"}
 START_TIMEOUT = 30.0  # seconds for a daemon to mount and answer
 CLIENT_SLACK = 20.0  # seconds a client run may take beyond its measuring time
 PROBE_SECONDS = 0.1  # the pread loop that checks how a daemon is served, after its start
+
+DMESG_LINE = re.compile(r"\[\s*\d+\.\d+\] ")  # a message buffer line as --console echoes it
 
 log = StderrLog("bench")
 
@@ -223,8 +226,10 @@ class Daemon(DaemonProcess):
         return 0
 
     def says(self, *words: str) -> list[str]:
-        """The lines of its output that mention any of `words` (pykld's dmesg on which loop and channel)."""
-        return [line.strip() for line in self.output().splitlines() if any(w in line.lower() for w in words)][:6]
+        """The lines of its dmesg (pykld's --console: "[  0.005] kernel: ...") that mention any of `words`:
+        what pykld said about its loop and its channel."""
+        return [line.strip() for line in self.output().splitlines()
+                if DMESG_LINE.match(line) and any(w in line.lower() for w in words)][:6]
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL; and the mount goes whatever the daemon did."""
