@@ -260,15 +260,20 @@ def make_daemon(name: str, place: str, workdir: Path, builds: Builds, single_thr
 def not_serving_as_claimed(name: str, daemon: Daemon) -> str | None:
     """Why `daemon` does not serve the way contender `name` says (None when it does): an io_uring
     contender must hold rings and read next to nothing from /dev/fuse; the compiled pykld must have its
-    extension loaded."""
+    extension loaded, and pykld's dmesg must not name the other loop."""
     served = daemon.served
     if name in RING and (served["io_uring_instances"] == 0 or served["read_calls_per_request"] > 0.5):
         said = "; ".join(daemon.says("uring", "ring")) or "nothing about io_uring"
         return (f"served over classic /dev/fuse, not io_uring ({served['io_uring_instances']} rings, "
                 f"{served['read_calls_per_request']:.2f} read(2) per request; it said: {said})")
-    if name in ("pykld", "pykld-uring") and not served["compiled_loop_mapped"]:
+    loop_said = " ".join(daemon.says("request loop serves")).lower()  # pykld's dmesg: which loop, and why
+    if name in ("pykld", "pykld-uring") and ("python request loop" in loop_said
+                                             or not served["compiled_loop_mapped"]):
         said = "; ".join(daemon.says("loop")) or "nothing about its loop"
-        return f"runs without pykld._loop mapped (it said: {said})"
+        return f"not served by the compiled loop (pykld._loop mapped: {bool(served['compiled_loop_mapped'])}; " \
+               f"it said: {said})"
+    if name == "pykld-python" and "compiled request loop" in loop_said:
+        return f"served by the compiled loop despite PYKLD_LOOP=python (it said: {'; '.join(daemon.says('loop'))})"
     return None
 
 
