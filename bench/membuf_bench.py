@@ -82,6 +82,7 @@ from peers import (
     mapped_objects,
     read_calls,
     uring_enabled,
+    uring_parameter,
 )
 
 OPS = ["pread4k", "pwrite4k", "pread1m", "pwrite1m", "openclose"]
@@ -552,6 +553,7 @@ def main() -> int:
         builds = build(workdir / "build", args.out, want_318)
         unavailable = static_reasons(names, usable, builds, None)
         wants_ring = any(n in RING and n not in unavailable for n in names)
+        found = uring_parameter()
         with uring_enabled(log) if wants_ring else contextlib.nullcontext(None) as ring_missing:
             try:
                 unavailable.update(static_reasons(names, usable, builds, ring_missing))
@@ -579,7 +581,8 @@ def main() -> int:
                 info = machine_info()
                 info["fioc_threads"] = "single (-s)" if args.fioc_single_threaded else "multithreaded (default)"
                 info["o_direct"] = {f"{n}@{p}": d.o_direct for (n, p), d in daemons.items()}
-                info["enable_uring"] = "Y (for the run)" if wants_ring and ring_missing is None else "untouched"
+                we_set = wants_ring and ring_missing is None and found != "Y"
+                info["enable_uring"] = f"set to Y for the run (it was {found})" if we_set else f"{found}, untouched"
                 levels = args.levels
                 est = len(daemons) * (args.rounds * len(OPS) * (args.seconds + 0.05)
                                       + args.concurrency_rounds * len(levels) * len(CONCURRENCY_OPS)
