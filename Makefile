@@ -13,7 +13,9 @@ APT_TEST := i2c-tools
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the compiled request loop (pykld._loop) from src/pykld/_ext/: a changed
+# source reinstalls, which rebuilds it in place.
+$(STAMP): pyproject.toml setup.py $(wildcard src/pykld/_ext/*.c src/pykld/_ext/*.h)
 	tools/apt-need $(APT_BASE)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip

@@ -13,7 +13,7 @@
  *                               pykld_reply_copy() into the entry's payload buffer
  *
  * Everything here is compiled into the one extension module pykld._loop
- * (setup.py builds every src/pykld/_ext/*.c into it), so uring.c calls these
+ * (setup.py builds every .c file of src/pykld/_ext into it), so uring.c calls these
  * functions directly; it needs nothing else from loop.c.
  *
  * The GIL.  pykld_dispatch() and pykld_reply_release() are called with the GIL
@@ -93,6 +93,7 @@ typedef struct pykld_reply {
     int nviews;
     int cap;
     PyObject *keep;        /* the reply object Python returned, if any */
+    PyObject *keep_msg;    /* a copy of a scattered message Python's answer saw */
 } pykld_reply;
 
 /* Serve one request; GIL held.  in->len is the whole message's length
