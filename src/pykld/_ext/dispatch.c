@@ -19,6 +19,7 @@
 #include "dispatch.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
 
 #include "loop.h"
@@ -385,6 +386,25 @@ int pykld_reply_from_python(pykld_dispatcher *d, pykld_reply *r, PyObject *value
 
 /* -- the fast requests ------------------------------------------------------------------ */
 
+/* Call an entry with a reference of our own: Session.set_entries may re-init the
+ * dispatcher (dropping its references) while a driver runs in another thread. */
+static PyObject *call_entry(pykld_dispatcher *d, int which, const char *format, ...) {
+    PyObject *entry = d->entry[which];
+    if (entry == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "the dispatcher lost an entry point");
+        return NULL;
+    }
+    Py_INCREF(entry);
+    va_list va;
+    va_start(va, format);
+    PyObject *args = Py_VaBuildValue(format, va); /* a tuple: every format has 2+ items or (..) */
+    va_end(va);
+    PyObject *result = args ? PyObject_Call(entry, args, NULL) : NULL;
+    Py_XDECREF(args);
+    Py_DECREF(entry);
+    return result;
+}
+
 static long session_minor(pykld_dispatcher *d) {
     PyObject *value = PyObject_GetAttr(d->session, s_minor);
     if (value == NULL) return -1;
@@ -395,7 +415,7 @@ static long session_minor(pykld_dispatcher *d) {
 
 static int serve_read(pykld_dispatcher *d, const struct fuse_in_header *in, const struct fuse_read_in *a,
                       pykld_reply *r) {
-    PyObject *chunks = PyObject_CallFunction(d->entry[E_READ], "KKKIk", (unsigned long long)in->unique,
+    PyObject *chunks = call_entry(d, E_READ, "KKKIk", (unsigned long long)in->unique,
                                              (unsigned long long)a->fh, (unsigned long long)a->offset,
                                              a->size, (unsigned long)a->flags);
     if (chunks == NULL) return reply_exception(d, r, in->opcode);
@@ -418,7 +438,7 @@ static int serve_write(pykld_dispatcher *d, const struct fuse_in_header *in, con
                        const void *data, pykld_reply *r) {
     PyObject *view = PyMemoryView_FromMemory((char *)data, a->size, PyBUF_READ);
     if (view == NULL) return -1;
-    PyObject *count = PyObject_CallFunction(d->entry[E_WRITE], "KKKOk", (unsigned long long)in->unique,
+    PyObject *count = call_entry(d, E_WRITE, "KKKOk", (unsigned long long)in->unique,
                                             (unsigned long long)a->fh, (unsigned long long)a->offset, view,
                                             (unsigned long)a->flags);
     Py_DECREF(view);
@@ -433,7 +453,7 @@ static int serve_write(pykld_dispatcher *d, const struct fuse_in_header *in, con
 
 static int serve_open(pykld_dispatcher *d, const struct fuse_in_header *in, const struct fuse_open_in *a,
                       pykld_reply *r) {
-    PyObject *res = PyObject_CallFunction(d->entry[E_OPEN], "KKkkkk", (unsigned long long)in->unique,
+    PyObject *res = call_entry(d, E_OPEN, "KKkkkk", (unsigned long long)in->unique,
                                           (unsigned long long)in->nodeid, (unsigned long)a->flags,
                                           (unsigned long)in->uid, (unsigned long)in->gid, (unsigned long)in->pid);
     if (res == NULL) return reply_exception(d, r, in->opcode);
@@ -487,14 +507,14 @@ int pykld_dispatch(pykld_dispatcher *d, const struct fuse_in_header *in, const v
         const struct fuse_release_in *a = args;
         if (!d->has[E_RELEASE] || args_len < sizeof *a || payload_len) goto python;
         if (session_minor(d) < 8) goto minor;
-        PyObject *res = PyObject_CallFunction(d->entry[E_RELEASE], "KK", (unsigned long long)in->unique,
+        PyObject *res = call_entry(d, E_RELEASE, "KK", (unsigned long long)in->unique,
                                               (unsigned long long)a->fh);
         return serve_none(d, E_RELEASE, in, res, r, 1);
     }
     case FUSE_INTERRUPT: {
         const struct fuse_interrupt_in *a = args;
         if (!d->has[E_INTERRUPT] || args_len < sizeof *a || payload_len) goto python;
-        PyObject *res = PyObject_CallFunction(d->entry[E_INTERRUPT], "K", (unsigned long long)a->unique);
+        PyObject *res = call_entry(d, E_INTERRUPT, "(K)", (unsigned long long)a->unique);
         return serve_none(d, E_INTERRUPT, in, res, r, 0);
     }
     case FUSE_FORGET:

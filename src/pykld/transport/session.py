@@ -76,8 +76,8 @@ class Session:
 
     def set_entries(self, entries: Mapping[int, Any]) -> None:
         """New entry points for the compiled loop (a test wrapping a FileOps method)."""
-        if self._compiled is not None:
-            self._dispatcher = self._compiled.Dispatcher(self, dict(entries))
+        if self._dispatcher is not None:  # in place: running workers hold this one
+            self._dispatcher.__init__(self, dict(entries))
 
     @property
     def workers(self) -> int:
