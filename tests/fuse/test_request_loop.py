@@ -236,3 +236,29 @@ def test_a_bug_in_pykld_itself_is_eio_and_one_line_in_dmesg(channel: Channel) ->
     channel.send(io(abi.Opcode.READ, 71, fh, 0, 4))
     assert channel.reply() == (errno.EIO, 71, b"")
     assert channel.logged[-1] == "fuse: internal error on opcode 15: RuntimeError('boom')"
+
+
+def test_a_transport_that_overrides_a_handler_keeps_its_override(tmp_path: Path, request_loop: str) -> None:
+    """CUSE's do_release wakes a drain: the compiled loop must not bypass it."""
+    released: list[int] = []
+
+    class Tracking(DevfsHandler):
+        def do_release(self, req):  # type: ignore[no-untyped-def]
+            released.append(req.unique)
+            return super().do_release(req)
+
+    path = tmp_path / "box.py"
+    path.write_text(DRIVER)
+    kernel = Kernel()
+    handler = Tracking(kernel)
+    kernel.devfs.subscribe(handler.track)
+    kernel.kldload(str(path))
+    channel = Channel(kernel, handler)
+    try:
+        fh = channel.open()
+        channel.send(message(abi.Opcode.RELEASE, 81, struct.pack("<QIIQ", fh, os.O_RDWR, 0, 0)))
+        assert channel.reply() == (0, 81, b"")
+        assert released == [81] and channel.dev.closes == 1
+    finally:
+        channel.close()
+        kernel.shutdown()
