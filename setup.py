@@ -41,7 +41,7 @@ setup(
         "pykld._loop",
         sources=sorted(glob.glob(f"{EXT}/*.c")),
         depends=sorted(glob.glob(f"{EXT}/*.h")),
-        extra_compile_args=["-O2", "-Wall", "-Wno-missing-braces"],
+        extra_compile_args=["-Wall", "-Wno-missing-braces"],
     )],
     cmdclass={"build_ext": OptionalBuildExt},
 )
