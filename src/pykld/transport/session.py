@@ -58,6 +58,8 @@ class Session:
         self.max_workers = max_workers
         self.max_idle = max_idle
         self.log = log or (lambda text: None)
+        # The compiled loop (src/pykld/_ext/loop.c) does _took and the quick cases of
+        # _take_reader_role itself, on these same attributes under this same lock.
         self._lock = threading.Lock()
         self._followers_wake = threading.Condition(self._lock)
         self._workers = 0
