@@ -218,10 +218,13 @@ class Session:
     def answer(self, view: memoryview, nbytes: int) -> Reply:
         """Decode one request and run its handler: the reply to send, or None."""
         reply: Reply
+        # The compiled loop passes a view of the message alone, where the Python loop's
+        # is its whole read buffer: a message too short for an opcode has none.
+        opcode = view[4] | view[5] << 8 if len(view) >= 6 else -1
         try:
             # Every decoder checks the length first, so a short message's opcode
             # (whatever the buffer held) picks a decoder that refuses it.
-            entry = self.table.get(view[4] | view[5] << 8)
+            entry = self.table.get(opcode)
             decode, handle = entry if entry is not None else self._unhandled
             reply = handle(decode(view, nbytes, self.minor))
         except fuse_request.ProtocolError as exc:
@@ -230,7 +233,7 @@ class Session:
         except OSError as exc:
             reply = error_reply(_unique(view), _errno_of(exc))
         except Exception as exc:  # a bug in pykld itself: answer, log, keep serving
-            self.log(f"{self.name}: internal error on opcode {view[4]}: {exc!r}")
+            self.log(f"{self.name}: internal error on opcode {opcode}: {exc!r}")
             reply = error_reply(_unique(view), errno.EIO)
         return reply
 
