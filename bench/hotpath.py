@@ -48,7 +48,10 @@ def main() -> int:
     cdev = kernel.devfs.lookup("membuf")
     assert cdev is not None
     sink = os.open("/dev/null", os.O_WRONLY)
-    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256))
+    # With its entries, as FuseTransport builds it: else the compiled loop would serve
+    # everything through the Python fallback.
+    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256),
+                      entries=handler.compiled_entries())
     handler.attach(session)
     session.minor = abi.OUR_MINOR
 
