@@ -32,8 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from itertools import repeat
+import timeit
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +44,18 @@ OPERATIONS = ("pread 4 KiB", "pwrite 4 KiB", "ioctl FIOC_GET_SIZE", "open+close"
 FLOORS = ("floor: bytes(bytearray[0:4096]) in a function", "floor: os.pread 4 KiB of tmpfs")
 
 
-def _rate(fn: Callable[..., object], args: tuple[Any, ...], seconds: float) -> float:
-    """Calls of fn(*args) a second, over about `seconds` (batches of a fixed size after a warm-up)."""
-    for _ in repeat(None, 2000):
-        fn(*args)
+def _rate(stmt: str, names: dict[str, Any], seconds: float) -> float:
+    """Runs of `stmt` a second of CPU time, over about `seconds`: timeit's plain loop
+    (`for _ in range(n): stmt`, nothing else per call), batches after a warm-up."""
+    timer = timeit.Timer(stmt, timer=time.process_time, globals=names)
+    timer.timeit(2000)
     batch = 2000
     calls = 0
-    start = time.process_time()
-    deadline = start + seconds
-    while True:
-        for _ in repeat(None, batch):
-            fn(*args)
+    spent = 0.0
+    while spent < seconds:
+        spent += timer.timeit(batch)
         calls += batch
-        now = time.process_time()
-        if now >= deadline:
-            return calls / (now - start)
+    return calls / spent
 
 
 def child(tree: Path, seconds: float) -> dict[str, float]:
@@ -90,17 +86,20 @@ def child(tree: Path, seconds: float) -> dict[str, float]:
     with tempfile.NamedTemporaryFile(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
         tmp.write(bytes(1 << 20))
         tmp.flush()
-        cases: dict[str, tuple[Callable[..., object], tuple[Any, ...]]] = {
-            "pread 4 KiB": (membuf.pread, (4096, 0)),
-            "pwrite 4 KiB": (membuf.pwrite, (bytes(4096), 0)),
-            "ioctl FIOC_GET_SIZE": (membuf.ioctl, (FIOC_GET_SIZE, bytes(8))),
-            "open+close": (open_close, ("/dev/membuf", os.O_RDWR)),
-            "hello pread": (hello.pread, (4096, 0)),
-            FLOORS[0]: (sliced, (4096, 0)),
-            FLOORS[1]: (os.pread, (tmp.fileno(), 4096, 0)),
+        names = {"membuf": membuf, "hello": hello, "open_close": open_close, "sliced": sliced, "os": os,
+                 "FIOC_GET_SIZE": FIOC_GET_SIZE, "page": bytes(4096), "arg": bytes(8), "fd": tmp.fileno(),
+                 "O_RDWR": os.O_RDWR}
+        cases = {
+            "pread 4 KiB": "membuf.pread(4096, 0)",
+            "pwrite 4 KiB": "membuf.pwrite(page, 0)",
+            "ioctl FIOC_GET_SIZE": "membuf.ioctl(FIOC_GET_SIZE, arg)",
+            "open+close": 'open_close("/dev/membuf", O_RDWR)',
+            "hello pread": "hello.pread(4096, 0)",
+            FLOORS[0]: "sliced(4096, 0)",
+            FLOORS[1]: "os.pread(fd, 4096, 0)",
         }
-        for label, (fn, args) in cases.items():
-            results[label] = _rate(fn, args, seconds)
+        for label, stmt in cases.items():
+            results[label] = _rate(stmt, names, seconds)
     membuf.close()
     hello.close()
     kernel.shutdown()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from pykld.kernel import fail, ioccom
 from pykld.kernel.fault import caller_error
-from pykld.kernel.sched import Thread, enter, leave
+from pykld.kernel.sched import Thread, seat, seats
 from pykld.kernel.uaccess import UserMemory
 from pykld.kernel.uio import Buffer, Uio, UioRw
 
@@ -32,6 +32,7 @@ _closed = threading.Condition(_count_lock)  # notified at a close while someone 
 _close_waiters = 0  # threads in wait_for_closes: only then does a close pay for notify_all
 _O_NONBLOCK = os.O_NONBLOCK
 _UIO_READ = UioRw.READ
+_IOC_IN, _IOC_OUT = ioccom.IOC_IN, ioccom.IOC_OUT
 _NO_ARG: Any = object()  # an argument _run does not pass
 
 
@@ -89,7 +90,12 @@ class OpenFile:
         if flags is not None and (flags ^ self.flags) & _O_NONBLOCK:
             self.flags ^= _O_NONBLOCK  # fcntl(F_SETFL) since open: the file's flags follow, as f_flag does
         td.nonblock = (self.flags & _O_NONBLOCK) != 0
-        token = enter(td)
+        try:
+            here = seats.seat  # sched.enter(td), inline
+        except AttributeError:
+            here = seat()
+        before = here.td
+        here.td = td
         active = cdev.active
         active.add(td)
         lock = cdev.lock
@@ -120,7 +126,7 @@ class OpenFile:
             if cdev.destroyed:  # destroy_dev may be waiting for the driver to empty
                 with cdev.drained:
                     cdev.drained.notify_all()
-            leave(token)
+            here.td = before
             if spare is not None:
                 spare.append(td)
 
@@ -160,17 +166,19 @@ class OpenFile:
         """Run ioctl `cmd`.  Sized commands get a buffer of the encoded size (filled
         from `data` when the command copies in); others get the integer `arg`.
         Returns the result and, for commands that copy out, the buffer."""
-        decoded = ioccom.decode(cmd)
+        decoded = ioccom.decode(cmd)  # cached: the same few commands come again and again
+        size = decoded.size
+        copies_out = decoded.direction & _IOC_OUT
         buf: bytearray | None = None
-        if decoded.size:
-            buf = bytearray(decoded.size)
-            if decoded.copies_in:
-                if data is None or len(data) < decoded.size:
+        if size:
+            buf = bytearray(size)
+            if decoded.direction & _IOC_IN:
+                if data is None or len(data) < size:
                     raise OSError(errno.EFAULT, "ioctl argument shorter than its encoded size", None)
-                buf[:] = memoryview(data)[: decoded.size]
+                buf[:] = memoryview(data)[:size]
         cdev = self.cdev
         rule = fail.fire(self, "ioctl", td, cmd) if cdev.failpoints else None
-        corrupt_out = rule is not None and buf is not None and decoded.copies_out
+        corrupt_out = rule is not None and buf is not None and copies_out
         if rule is not None and buf is not None and not corrupt_out:
             buf[:] = rule.corrupt(buf)
         result = self._run(td, "ioctl", cdev.ops.ioctl, None, memory, None, cmd, buf if buf is not None else arg)
@@ -180,9 +188,9 @@ class OpenFile:
         cdev.stats.ioctls += 1
         if result is None:
             result = 0
-        if not isinstance(result, int):
+        elif type(result) is not int and not isinstance(result, int):
             self._bad_result("ioctl", result)
-        return result, buf if decoded.copies_out else None
+        return result, buf if copies_out else None
 
     def poll(self, events: int, poller: Poller | None = None, td: Thread | None = None) -> int:
         cdev = self.cdev

@@ -63,8 +63,9 @@ class Uio:
 
     @classmethod
     def for_write(cls, offset: int, data: Buffer) -> Uio:
-        view = _byte_view(data)
-        return cls(_WRITE, offset, len(view), view)
+        uio = cls(_WRITE, offset, 0, data)
+        uio.resid = uio.size = len(uio._data)
+        return uio
 
     # -- reads: driver -> caller ------------------------------------------------
 
@@ -144,9 +145,17 @@ class Uio:
     def move_into(self, buf: bytearray | memoryview, at: int, limit: int | None = None) -> int:
         """Copy the caller's next bytes straight into `buf` from index `at` (one copy,
         for drivers that keep a buffer); `buf` must be long enough.  Returns the count."""
-        count = self._take(limit)
-        pos = self._pos - count
-        buf[at : at + count] = self._data[pos : pos + count]
+        if limit is None and self.rw is _WRITE:  # all that remains, the usual write: _take inline
+            count = self.resid
+            pos = self._pos
+            self._pos = pos + count
+            self.offset += count
+            self.resid = 0
+        else:
+            count = self._take(limit)
+            pos = self._pos - count
+        data = self._data
+        buf[at : at + count] = data if pos == 0 and count == len(data) else data[pos : pos + count]
         return count
 
     def _take(self, limit: int | None) -> int:
