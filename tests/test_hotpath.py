@@ -280,3 +280,79 @@ def test_a_write_taken_in_parts_moves_each_byte_once() -> None:
     assert bytes(buf[:4]) == b"body" and uio.resid == 0 and uio.offset == 8
     whole = Uio.for_write(3, memoryview(b"abc"))
     assert whole.move_into(buf, 2) == 3 and bytes(buf[2:5]) == b"abc" and whole.offset == 6
+
+
+COUNTER = '''
+import time
+from pykld import CharacterDevice, Module, make_dev
+
+
+class Tally(CharacterDevice):
+    def __init__(self):
+        self.value = 0
+        self.inside = 0
+        self.most = 0  # the most operations ever inside at once
+
+    def write(self, file, uio):
+        uio.move_in()
+        self.inside += 1
+        self.most = max(self.most, self.inside)
+        value = self.value
+        time.sleep(0)  # another thread runs here: only the device lock keeps this step whole
+        self.value = value + 1
+        self.inside -= 1
+
+
+class TallyModule(Module):
+    name = "tally"
+
+    def load(self):
+        self.cdev = make_dev(Tally(), "tally", mode=0o666)
+
+    def unload(self):
+        self.cdev.destroy()
+'''
+
+
+def test_the_device_lock_serialises_contended_operations_and_wakes_every_waiter(
+        kernel: Kernel, load_driver: Load, threads) -> None:
+    load_driver(COUNTER, "tally")
+    tally = kernel.lookup("/dev/tally").device
+    rounds, writers = 200, 4
+
+    def write_many() -> None:
+        with kernel.open("/dev/tally", os.O_WRONLY) as f:
+            for _ in range(rounds):
+                f.write(b"+")
+
+    started = [threads.start(write_many) for _ in range(writers)]
+    threads.join(*started, timeout=20)  # a lost wakeup leaves a writer waiting for ever
+    for outcome in started:
+        outcome.result()
+    assert (tally.value, tally.most) == (rounds * writers, 1)
+
+
+def test_a_device_lock_is_a_plain_lock() -> None:
+    import threading
+
+    from pykld.kernel.devfs import DeviceLock
+
+    lock = DeviceLock()
+    assert lock.acquire(False) and lock.locked()
+    assert not lock.acquire(False)
+    taken = threading.Event()
+
+    def take() -> None:
+        lock.acquire()
+        taken.set()
+        lock.release()
+
+    waiter = threading.Thread(target=take, daemon=True)
+    waiter.start()
+    assert not taken.wait(0.05)  # waits while held
+    lock.release()
+    assert taken.wait(5)  # and is woken by the release
+    waiter.join(5)
+    assert not lock.locked()
+    with pytest.raises(RuntimeError):
+        lock.release()

@@ -101,7 +101,9 @@ class OpenFile:
         lock = cdev.lock
         try:
             if lock is not None:
-                if not lock.acquire(False):
+                try:
+                    lock.token.pop()  # DeviceLock.acquire(False), inline
+                except IndexError:
                     if td.before_block is not None:
                         td.before_block()  # another operation holds the device: we may wait a while
                     lock.acquire()
@@ -118,7 +120,9 @@ class OpenFile:
                 return fn(self)
             finally:
                 if lock is not None:
-                    lock.release()
+                    lock.token.append(True)  # DeviceLock.release(), inline
+                    if lock.waiting:
+                        lock.wake()
         except BaseException as exc:
             raise caller_error(exc, self.kernel, cdev.module, op, cdev.path, cdev.stats)  # noqa: B904
         finally:
