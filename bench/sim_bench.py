@@ -17,7 +17,9 @@ since the machine's speed varies.
 
 Each round is one fresh process per tree; with --against the trees alternate round
 by round (A B, B A, ...), so a slow spell of a shared machine falls on both, and the
-table says this tree / the other per operation.  The other tree is a checkout of
+table says this tree / the other per operation, as measured and with each tree's
+figure taken relative to its own os.pread floor (steadier when the machine's speed
+moves between rounds).  The other tree is a checkout of
 pykld (e.g. `git archive main | tar -x -C /tmp/main`); its src/ and examples/ are
 the ones measured.
 """
@@ -136,7 +138,7 @@ def main() -> int:
     mine = medians[args.tree]
     header = f"{'operation':<48} {'ops/s':>10} {'/floor1':>8} {'/floor2':>8}"
     if args.against is not None:
-        header += f" {'other ops/s':>12} {'this/other':>10}"
+        header += f" {'other ops/s':>12} {'this/other':>10} {'same, /floor2':>13}"
     print(f"pykld in process (sim), median of {args.rounds} rounds x {args.seconds:g} s; Python "
           f"{sys.version.split()[0]}; load average {os.getloadavg()[0]:.2f}")
     print(f"  this tree: {args.tree}" + (f"\n  other:     {args.against}" if args.against else ""))
@@ -146,7 +148,9 @@ def main() -> int:
         line = f"{label:<48} {rate:>10,.0f} {rate / mine[FLOORS[0]]:>8.3f} {rate / mine[FLOORS[1]]:>8.3f}"
         if args.against is not None:
             other = medians[args.against][label]
-            line += f" {other:>12,.0f} {rate / other:>10.2f}"
+            # the same ratio, each tree's figure taken relative to its own os.pread floor
+            floored = (rate / mine[FLOORS[1]]) / (other / medians[args.against][FLOORS[1]])
+            line += f" {other:>12,.0f} {rate / other:>10.2f} {floored:>13.2f}"
         print(line)
     if args.json:
         print(json.dumps({str(tree): samples[tree] for tree in trees}))
