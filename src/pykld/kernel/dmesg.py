@@ -22,14 +22,20 @@ class MessageBuffer:
         self.boot = time.time()
         self._lines: deque[LogLine] = deque(maxlen=capacity)
         self._seq = 0  # lines ever written, so followers can tell what they missed
-        self._changed = threading.Condition()
+        self._changed = threading.Condition(threading.Lock())
+        self._followers = 0  # threads waiting in since(): only then does a write pay for notify_all
 
     def write(self, module: str, text: str) -> None:
+        # A driver may printf on every request (hello does): one clock reading and no
+        # notify_all without a follower keep that cheap.
+        now = time.time()
+        parts = text.rstrip("\n").split("\n") if "\n" in text else (text,)
         with self._changed:
-            for part in text.rstrip("\n").split("\n"):
-                self._lines.append(LogLine(time.time(), module, part))
-                self._seq += 1
-            self._changed.notify_all()
+            for part in parts:
+                self._lines.append(LogLine(now, module, part))
+            self._seq += len(parts)
+            if self._followers:
+                self._changed.notify_all()
 
     def lines(self) -> list[LogLine]:
         with self._changed:
@@ -42,7 +48,11 @@ class MessageBuffer:
         """Lines written after `seq` (waiting up to `timeout` for one), and the new seq."""
         with self._changed:
             if self._seq == seq and timeout:
-                self._changed.wait(timeout)
+                self._followers += 1
+                try:
+                    self._changed.wait(timeout)
+                finally:
+                    self._followers -= 1
             missed = min(self._seq - seq, len(self._lines))
             fresh = list(self._lines)[len(self._lines) - missed :] if missed > 0 else []
             return self._seq, fresh

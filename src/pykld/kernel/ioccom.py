@@ -8,6 +8,7 @@ does for FUSE's restricted ioctls.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 IOC_NRBITS = 8
@@ -87,6 +88,7 @@ class IoctlCmd(NamedTuple):
         return bool(self.direction & IOC_OUT)
 
 
+@functools.lru_cache(maxsize=1024)  # every ioctl decodes its command; a driver has a few
 def decode(cmd: int) -> IoctlCmd:
     """Split a command number into direction, size, type and number."""
     cmd &= 0xFFFFFFFF

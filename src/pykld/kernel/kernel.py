@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 from pykld.kernel import file as files
 from pykld.kernel import kthread, modules
 from pykld.kernel.callout import Softclock
-from pykld.kernel.devfs import Cdev, Devfs
+from pykld.kernel.devfs import Cdev, Devfs, DeviceLock
 from pykld.kernel.dmesg import MessageBuffer
 from pykld.kernel.fail import FailRule
 from pykld.kernel.fail import add as fail_add
@@ -227,7 +227,7 @@ class Kernel:
             raise OSError(errno.EINVAL, f"make_dev: invalid mode {mode!r}", None)
         serialized = getattr(device, "serialized", True)
         cdev = Cdev(name=name, device=device, uid=uid, gid=gid, mode=mode & 0o777, module=module,
-                    lock=threading.Lock() if serialized else None,
+                    lock=DeviceLock() if serialized else None,
                     seekable=getattr(device, "seekable", True), transport=transport)
         self.devfs.add(cdev)
         if module is not None:

@@ -28,6 +28,14 @@ _READ = UioRw.READ
 _WRITE = UioRw.WRITE
 
 
+def _byte_view(data: Buffer) -> memoryview:
+    """A memoryview of `data` by byte; `data` itself when it is one already."""
+    view = data if type(data) is memoryview else memoryview(data)
+    if view.format != "B" or view.ndim != 1:
+        return view.cast("B")
+    return view
+
+
 def _bytes_view(data: Buffer) -> Buffer:
     """`data` indexable by byte: memoryviews of other formats are cast."""
     if type(data) is memoryview and (data.itemsize != 1 or data.ndim != 1):
@@ -46,7 +54,7 @@ class Uio:
         self.resid = resid
         self.size = resid  # what the caller asked for; size - resid is what moved
         self.chunks: list[Buffer] = []  # READ: what the driver moved out, in order
-        self._data = memoryview(data).cast("B") if rw is _WRITE else _EMPTY
+        self._data = _byte_view(data) if rw is _WRITE else _EMPTY
         self._pos = 0
 
     @classmethod
@@ -55,8 +63,9 @@ class Uio:
 
     @classmethod
     def for_write(cls, offset: int, data: Buffer) -> Uio:
-        view = memoryview(data)
-        return cls(_WRITE, offset, view.nbytes, view)
+        uio = cls(_WRITE, offset, 0, data)
+        uio.resid = uio.size = len(uio._data)
+        return uio
 
     # -- reads: driver -> caller ------------------------------------------------
 
@@ -86,13 +95,21 @@ class Uio:
         """
         if self.rw is not _READ:
             self._wrong_way()
-        buf = _bytes_view(buf)
+        if type(buf) is memoryview:
+            buf = _bytes_view(buf)
         start = self.offset
         size = len(buf)
         if start >= size:
             return 0
-        count = min(size - start, self.resid)
-        self._emit(buf, start, count)
+        count = size - start
+        if count > self.resid:
+            count = self.resid
+        if isinstance(buf, bytearray):  # _emit's copy, here: the usual driver's buffer (malloc's Memory)
+            self.chunks.append(buf[start : start + count])
+            self.offset = start + count
+            self.resid -= count
+        else:
+            self._emit(buf, start, count)
         return count
 
     def _emit(self, source: Buffer, start: int, count: int) -> None:
@@ -111,7 +128,11 @@ class Uio:
         self.resid -= count
 
     def tobytes(self) -> bytes:
-        return b"".join(self.chunks)
+        chunks = self.chunks
+        if len(chunks) == 1:  # the usual read: one move, and one copy here at most
+            chunk = chunks[0]
+            return chunk if type(chunk) is bytes else bytes(chunk)
+        return b"".join(chunks)
 
     # -- writes: caller -> driver -----------------------------------------------
 
@@ -124,9 +145,17 @@ class Uio:
     def move_into(self, buf: bytearray | memoryview, at: int, limit: int | None = None) -> int:
         """Copy the caller's next bytes straight into `buf` from index `at` (one copy,
         for drivers that keep a buffer); `buf` must be long enough.  Returns the count."""
-        count = self._take(limit)
-        pos = self._pos - count
-        buf[at : at + count] = self._data[pos : pos + count]
+        if limit is None and self.rw is _WRITE:  # all that remains, the usual write: _take inline
+            count = self.resid
+            pos = self._pos
+            self._pos = pos + count
+            self.offset += count
+            self.resid = 0
+        else:
+            count = self._take(limit)
+            pos = self._pos - count
+        data = self._data
+        buf[at : at + count] = data if pos == 0 and count == len(data) else data[pos : pos + count]
         return count
 
     def _take(self, limit: int | None) -> int:
