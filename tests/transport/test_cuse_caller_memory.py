@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from pykld import Kernel
+from pykld.kernel.uaccess import ProcessMemory
 from pykld.transport import cuse
 from pykld.transport.cuse import CuseHandler
 
@@ -24,14 +25,10 @@ from .conftest import EXAMPLES
 from .test_cuse_ioctl_rounds import FIOC_GET_SIZE, FIOC_READ, FIOC_SET_SIZE, FIOC_WRITE, RW_ARG, kernel_ioctl
 
 
-class ThisProcess:
-    """The kernel's side of the caller's memory, for the retry rounds: this process's own."""
-
-    def read(self, addr: int, size: int) -> bytes:
-        return ctypes.string_at(addr, size)
-
-    def write(self, addr: int, data: bytes) -> None:
-        ctypes.memmove(addr, data, len(data))
+def ThisProcess() -> ProcessMemory:  # noqa: N802
+    """The kernel's side of the caller's memory in the retry rounds: this process's own
+    (EFAULT where unmapped, as the kernel's copy)."""
+    return ProcessMemory(os.getpid())
 
 
 @pytest.fixture
