@@ -248,27 +248,19 @@ class _Unreachable(NeedIovecs):
     retry round would, and the call goes through the kernel's rounds."""
 
 
-class _IoVec(ctypes.Structure):
-    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
 _libc = ctypes.CDLL(None, use_errno=True)
 _process_vm_readv = _libc.process_vm_readv
 _process_vm_writev = _libc.process_vm_writev
 _process_vm_readv.restype = _process_vm_writev.restype = ctypes.c_ssize_t
-_IOV_PAIR = _IoVec * 2
+# struct iovec arrays as flat u64 (base, length) pairs: quicker to build than Structures
+_IOV_PAIR = ctypes.c_uint64 * 4
+_IOV_SIZE = 16
 
 
-def _iovecs(pairs: list[Iovec]) -> ctypes.Array[_IoVec]:
-    return (_IoVec * len(pairs))(*[_IoVec(base, length) for base, length in pairs])
+def _iovecs(pairs: list[Iovec]) -> ctypes.Array[ctypes.c_uint64]:
+    return (ctypes.c_uint64 * (2 * len(pairs)))(*[n for pair in pairs for n in pair])
 
 
-def _address_of(data: bytes) -> int:
-    """Where a bytes object keeps its contents (valid while it lives)."""
-    return ctypes.cast(ctypes.c_char_p(data), ctypes.c_void_p).value or 0
-
-
-_IOV_SIZE = ctypes.sizeof(_IoVec)
 _REFUSED = (errno.EPERM, errno.EACCES)
 
 
@@ -294,7 +286,7 @@ class _CallerMemory:
         if not size:
             return b""
         buffer = ctypes.create_string_buffer(size)
-        iov = _IOV_PAIR(_IoVec(ctypes.addressof(buffer), size), _IoVec(addr, size))  # local, remote
+        iov = _IOV_PAIR(ctypes.addressof(buffer), size, addr, size)  # local, remote
         done = _process_vm_readv(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), 1, 0)
         if done != size:
             self._failed(done, [(addr, size)])
@@ -329,11 +321,16 @@ class _CallerMemory:
         pending = self.pending
         if not pending:
             return
-        n = len(pending)
-        local = _iovecs([(_address_of(data), len(data)) for _, data in pending])
+        joined = pending[0][1] if len(pending) == 1 else b"".join(data for _, data in pending)
+        local = (ctypes.c_char * len(joined)).from_buffer_copy(joined)
         wanted = [(addr, len(data)) for addr, data in pending]
-        done = _process_vm_writev(self.pid, local, n, _iovecs(wanted), n, 0)
-        if done != sum(size for _, size in wanted):
+        iov = _IOV_PAIR(ctypes.addressof(local), len(joined), *wanted[0]) if len(wanted) == 1 else None
+        if iov is not None:
+            done = _process_vm_writev(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), 1, 0)
+        else:
+            one = _IOV_PAIR(ctypes.addressof(local), len(joined))
+            done = _process_vm_writev(self.pid, one, 1, _iovecs(wanted), len(wanted), 0)
+        if done != len(joined):
             self._failed(done, wanted)
         self.pending = []
 
