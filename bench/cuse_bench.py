@@ -517,7 +517,7 @@ def host(args: argparse.Namespace) -> int:
         said = "; ".join(info.get(f"{name}_dmesg", [])) or "-"
         print(f"  {name}: {c['label']} on {c['node']}, env {c['env'] or '-'}; its dmesg: {said}")
     print()
-    print(table(summary))
+    print(table(summary, info))
     wrote = [args.out / "cuse_results.json"]
     if have_mpl:
         wrote += draw_chart(lambda path: chart(summary, info, path), args.out / "membuf_cuse.png", log)

@@ -68,12 +68,13 @@ def main() -> int:
     assert cdev is not None
     handler = CuseHandler(kernel, cdev)
     sink = os.open("/dev/null", os.O_WRONLY)
-    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20))
+    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20), entries=handler.compiled_entries())
     handler.attach(session)
     session.minor = abi.OUR_MINOR
     # the same device through a handler that reaches callers' memory directly, as a real channel does
     direct = CuseHandler(kernel, cdev, caller_memory=True)
-    direct_session = Session(sink, direct.handlers(), abi.read_buffer_size(1 << 20))
+    direct_session = Session(sink, direct.handlers(), abi.read_buffer_size(1 << 20),
+                             entries=direct.compiled_entries())
     direct.attach(direct_session)
     direct_session.minor = abi.OUR_MINOR
     buf = bytearray(abi.read_buffer_size(1 << 20))
@@ -158,16 +159,18 @@ def main() -> int:
     }
 
     # Check the ioctl rounds against pykld's replies: every round but the last asks for a retry.
-    sent: list[bytes] = []
-    real_send = session.send
-    real_direct_send = direct_session.send
-    session.send = direct_session.send = lambda reply: sent.append(  # type: ignore[method-assign]
-        reply if isinstance(reply, bytes) else b"".join(bytes(part) for part in reply))
-    checks = [(name, msgs, serve) for name, msgs in sequences.items()]
-    checks += [(name, msgs, serve_direct) for name, msgs in direct_sequences.items()]
-    for name, msgs, serve_with in checks:
-        sent.clear()
-        rounds(msgs, serve_with)()
+    def answers(msgs: list[bytearray], session: Session) -> list[bytes]:
+        got = []
+        for msg in msgs:
+            buf[: len(msg)] = msg
+            reply = session.answer(view, len(msg))
+            got.append(reply if isinstance(reply, bytes) else b"".join(bytes(part) for part in reply or []))
+        return got
+
+    checks = [(name, msgs, session) for name, msgs in sequences.items()]
+    checks += [(name, msgs, direct_session) for name, msgs in direct_sequences.items()]
+    for name, msgs, answering in checks:
+        sent = answers(msgs, answering)
         flags = [IOCTL_OUT.unpack_from(r, OUT_HEADER.size)[1] if OUT_HEADER.unpack_from(r)[1] == 0 else -1
                  for r in sent]
         want = [RETRY] * (len(msgs) - 1) + [0]
@@ -175,8 +178,6 @@ def main() -> int:
             sys.exit(f"cuse_hotpath: {name}: reply flags {flags}, expected {want}: the sequence is out of date")
     if struct.unpack("Q", size_out.raw) != (8 << 20,) or FIOC_RW_ARG.unpack(rw_arg.raw)[3:] != (8 << 20, 8 << 20):
         sys.exit("cuse_hotpath: the direct ioctls did not write the caller's memory")
-    session.send = real_send  # type: ignore[method-assign]
-    direct_session.send = real_direct_send  # type: ignore[method-assign]
 
     if args.profile:
         if args.profile not in operations:
@@ -188,7 +189,7 @@ def main() -> int:
         return 0
 
     print(f"pykld over CUSE, user space only, µs (best of {args.repeat} x {args.n:,}); "
-          f"Python {sys.version.split()[0]}")
+          f"Python {sys.version.split()[0]}; {session.loop} request loop (PYKLD_LOOP)")
     print(f"  {'operation: requests':<30} {'per op':>8} {'per request':>12}")
     for _, (label, nreq, fn) in operations.items():
         us = per_call(fn, args.n, args.repeat)
