@@ -321,17 +321,15 @@ class _CallerMemory:
         pending = self.pending
         if not pending:
             return
-        joined = pending[0][1] if len(pending) == 1 else b"".join(data for _, data in pending)
+        joined = pending[0][1] if len(pending) == 1 else b"".join([data for _, data in pending])
         local = (ctypes.c_char * len(joined)).from_buffer_copy(joined)
-        wanted = [(addr, len(data)) for addr, data in pending]
-        iov = _IOV_PAIR(ctypes.addressof(local), len(joined), *wanted[0]) if len(wanted) == 1 else None
-        if iov is not None:
-            done = _process_vm_writev(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), 1, 0)
-        else:
-            one = _IOV_PAIR(ctypes.addressof(local), len(joined))
-            done = _process_vm_writev(self.pid, one, 1, _iovecs(wanted), len(wanted), 0)
+        flat = [ctypes.addressof(local), len(joined)]  # the one local iovec, then the caller's
+        for addr, data in pending:
+            flat += (addr, len(data))
+        iov = (ctypes.c_uint64 * len(flat))(*flat)
+        done = _process_vm_writev(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), len(pending), 0)
         if done != len(joined):
-            self._failed(done, wanted)
+            self._failed(done, [(addr, len(data)) for addr, data in pending])
         self.pending = []
 
     def _failed(self, done: int, iovecs: list[Iovec]) -> NoReturn:
