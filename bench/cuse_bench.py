@@ -433,8 +433,9 @@ def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
 
 
 def host(args: argparse.Namespace) -> int:
-    if not VM_RUN.exists():
-        log.exit(f"{VM_RUN} missing")
+    vm_run: Path = args.vm_run
+    if not vm_run.exists():
+        log.exit(f"{vm_run} missing")
     t_start = time.monotonic()
     ensure_system()
     have_mpl = ensure_pip()
@@ -450,7 +451,7 @@ def host(args: argparse.Namespace) -> int:
         pycache = workdir / "pycache"
         warm_bytecode(pycache)
         timeout = int(args.budget + BOOT_ALLOWANCE)
-        argv = [str(VM_RUN), "--timeout", str(timeout), "--", sys.executable, str(BENCH / "cuse_bench.py"),
+        argv = [str(vm_run), "--timeout", str(timeout), "--", sys.executable, str(BENCH / "cuse_bench.py"),
                 "--inside", "--build", str(workdir), "--out", str(inner_json), "--rounds", str(args.rounds),
                 "--seconds", str(args.seconds), "--region", str(args.region), "--budget", str(args.budget),
                 *(["--c-single-threaded"] if args.c_single_threaded else [])]
@@ -489,6 +490,7 @@ def host(args: argparse.Namespace) -> int:
         log("the VM finished no round")
         return 1
     info.update({
+        "vm_run": str(args.vm_run),
         "date": utc_timestamp(),
         "host_kernel": platform.release(),
         "host_cpus": os.cpu_count(),
@@ -504,8 +506,8 @@ def host(args: argparse.Namespace) -> int:
         "contenders": info["contenders"],
         "operations": summary,
     }, indent=2) + "\n")
-    print(f"\nmembuf over CUSE, {info['date']}: one VM boot (qemu software emulation, Linux {info['guest_kernel']}, "
-          f"{info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; libfuse {libfuse}, "
+    print(f"\nmembuf over CUSE, {info['date']}: one VM boot ({info['vm_run']}: qemu TCG unless it keeps KVM; "
+          f"Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; libfuse {libfuse}, "
           f"Python {info['guest_python']}")
     print(f"{info['rounds']} rounds x {info['seconds_per_measurement']} s per operation and daemon, alternating "
           f"(pykld C, C pykld, ...); C example {info['c_threads']}; host load average "
@@ -536,6 +538,8 @@ def main() -> int:
                         help="run the C example with -s (default: libfuse's multithreaded loop)")
     parser.add_argument("--out", type=Path, default=OUT, help="host: where the JSON and the chart go; "
                         "--inside: the JSON file")
+    parser.add_argument("--vm-run", type=Path, default=VM_RUN, help=f"the VM runner (default {VM_RUN}; a copy "
+                        "that keeps KVM measures without emulation's skew)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
