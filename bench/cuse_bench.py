@@ -507,8 +507,8 @@ def host(args: argparse.Namespace) -> int:
         "operations": summary,
     }, indent=2) + "\n")
     print(f"\nmembuf over CUSE, {info['date']}: one VM boot ({info['vm_run']}: qemu TCG unless it keeps KVM; "
-          f"Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; libfuse {libfuse}, "
-          f"Python {info['guest_python']}")
+          f"Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; "
+          f"libfuse {libfuse}, Python {info['guest_python']}")
     print(f"{info['rounds']} rounds x {info['seconds_per_measurement']} s per operation and daemon, alternating "
           f"(pykld C, C pykld, ...); C example {info['c_threads']}; host load average "
           f"{loadavg_start[0]:.2f} -> {info['host_loadavg_end'][0]:.2f}")
