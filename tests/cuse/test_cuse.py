@@ -149,7 +149,8 @@ class Arg(ctypes.Structure):
     _fields_ = [("offset", ctypes.c_int64), ("buf", ctypes.c_void_p), ("size", ctypes.c_size_t),
                 ("prev_size", ctypes.c_size_t), ("new_size", ctypes.c_size_t)]
 libc = ctypes.CDLL(None, use_errno=True)
-fd = open("/dev/membuf", "r+b", buffering=0).fileno()
+device = open("/dev/membuf", "r+b", buffering=0)
+fd = device.fileno()
 source = ctypes.create_string_buffer(b"from nobody", 11)
 arg = Arg(0, ctypes.addressof(source), 11, 0, 0)
 wrote = libc.ioctl(fd, ctypes.c_ulong(FIOC_WRITE), ctypes.c_void_p(ctypes.addressof(arg)))
