@@ -14,6 +14,12 @@ Absolute rates under emulation mean nothing; what is reported is the ratio
 pykld/C per operation: the median over rounds of the paired ratios (each
 pair measured back to back), with its quartiles.
 
+pykld runs as several daemons, one per way it can serve (bench/cuse_membuf.py
+gives each a node of its own): the Python request loop (PYKLD_LOOP=python),
+the compiled one (PYKLD_LOOP=compiled, when pykld._loop is built), and, for the
+ioctls only, the kernel's retry rounds instead of reaching the caller's memory
+directly (PYKLD_FUSE_USER_MEMORY=off).
+
 Output: a table on stdout, bench/out/cuse_results.json and bench/out/membuf_cuse.png.
 bench/README.md ("CUSE") says how the operations are made equivalent.
 """
@@ -91,13 +97,30 @@ OP_REQUESTS = {
     "read1m": "8 READ of 128 KiB",  # page-aligned buffer: 256 pages, 32 a request
     "write1m": "8 WRITE of 128 KiB",
     "openclose": "OPEN, RELEASE",
-    "getsize": "2 IOCTL (1 retry)",
-    "fiocread4k": "3 IOCTL (2 retries)",
-    "fiocwrite4k": "pykld 4 IOCTL, C 3",
+    # pykld reaches the caller's memory itself: one request; by the kernel's retry rounds as many as C
+    "getsize": "pykld 1 IOCTL (rounds: 2), C 2",
+    "fiocread4k": "pykld 1 IOCTL (rounds: 3), C 3",
+    "fiocwrite4k": "pykld 1 IOCTL (rounds: 3), C 3",
 }
-CONTENDERS = ["pykld", "C"]
-LABEL = {"pykld": "pykld membuf", "C": "C cuse.c"}
-DEVICE = {"pykld": "/dev/membuf", "C": "/dev/fioc_c"}
+IOCTL_OPS = ["getsize", "fiocread4k", "fiocwrite4k"]
+
+
+@dataclass(frozen=True)
+class Contender:
+    label: str
+    node: str
+    env: dict[str, str]
+    ops: tuple[str, ...] = tuple(OPS)
+
+
+# pykld's ways of serving, each a daemon of its own; "C" is libfuse's example.
+PYKLD = {
+    "pykld": Contender("pykld, Python loop", "/dev/membuf", {"PYKLD_LOOP": "python"}),
+    "pykld-compiled": Contender("pykld, compiled loop", "/dev/membuf_cl", {"PYKLD_LOOP": "compiled"}),
+    "pykld-rounds": Contender("pykld, ioctls by retry rounds", "/dev/membuf_rt", {"PYKLD_FUSE_USER_MEMORY": "off"},
+                              tuple(IOCTL_OPS)),
+}
+C_CONTENDER = Contender("C cuse.c", "/dev/fioc_c", {})
 REGION = 8 << 20  # bytes each daemon holds; sequential operations reopen after this many bytes
 PIP_NEEDS = {"matplotlib": "matplotlib"}
 
@@ -143,12 +166,17 @@ def inside(args: argparse.Namespace) -> int:
     out: Path = args.out
     pykld_argv = pykld_command()
     c_argv = [str(build / "cuse_example"), "-f", *(["-s"] if args.c_single_threaded else []), "--name=fioc_c"]
+    contenders = pykld_contenders()
     daemons = {
-        "pykld": Daemon("pykld", [*pykld_argv, "run", str(ROOT / "examples" / "membuf.py"), "--transport", "cuse"],
-                        "pykld: serving", build / "pykld.log", {"PYTHONUNBUFFERED": "1"}, node=DEVICE["pykld"]),
-        "C": Daemon("C", c_argv, None, build / "cuse_example.log", node=DEVICE["C"]),
+        name: Daemon(name, [*pykld_argv, "run", str(BENCH / "cuse_membuf.py"), "--transport", "cuse", "--console"],
+                     "pykld: serving", build / f"{name}.log",
+                     {"PYTHONUNBUFFERED": "1", "PYKLD_BENCH_NODE": c.node.removeprefix("/dev/"), **c.env},
+                     node=c.node)
+        for name, c in contenders.items()
     }
-    for node in DEVICE.values():
+    daemons["C"] = Daemon("C", c_argv, None, build / "cuse_example.log", node=C_CONTENDER.node)
+    contenders["C"] = C_CONTENDER
+    for node in (c.node for c in contenders.values()):
         if os.path.exists(node):
             raise RuntimeError(f"{node} exists already: another daemon serves it")
     info: dict[str, Any] = {
@@ -161,8 +189,11 @@ def inside(args: argparse.Namespace) -> int:
         "seconds_per_measurement": args.seconds,
         "rounds_planned": args.rounds,
         "budget_seconds": args.budget,
+        "contenders": {name: {"label": c.label, "node": c.node, "env": c.env, "ops": list(c.ops)}
+                       for name, c in contenders.items()},
     }
-    samples: dict[str, dict[str, list[dict[str, float]]]] = {n: {op: [] for op in OPS} for n in CONTENDERS}
+    samples: dict[str, dict[str, list[dict[str, float]]]] = {n: {op: [] for op in c.ops}
+                                                             for n, c in contenders.items()}
     interrupt_on_stop_signals(sigint=False)
     try:
         for daemon in daemons.values():
@@ -177,13 +208,17 @@ def inside(args: argparse.Namespace) -> int:
             check = run_client(client, daemon.node, "fill", str(args.region), timeout=CLIENT_SLACK)
             if not check.get("ok"):
                 raise RuntimeError(f"{name}: fill failed: {check}")
-        log(f"both filled with {args.region >> 20} MiB and checked (read back, FIOC_GET_SIZE, FIOC_READ)")
+        for name, daemon in daemons.items():  # which loop and memory path each runs, as it says in dmesg
+            info[f"{name}_dmesg"] = [line for line in daemon.output().splitlines()
+                                     if "loop" in line or "reachable" in line][:4]
+        log(f"all filled with {args.region >> 20} MiB and checked (read back, FIOC_GET_SIZE, FIOC_READ)")
         started = time.monotonic()
         rounds_done = 0
+        names = list(contenders)
         for r in range(args.rounds):
-            order = CONTENDERS if r % 2 == 0 else CONTENDERS[::-1]
+            order = names if r % 2 == 0 else names[::-1]
             for op in OPS:
-                for name in order:
+                for name in (n for n in order if op in contenders[n].ops):
                     daemon = daemons[name]
                     cpu0, rd0, _ = daemon.counters()
                     res = run_client(client, daemon.node, op, f"{args.seconds}", str(args.region),
@@ -205,7 +240,9 @@ def inside(args: argparse.Namespace) -> int:
                 if daemon.died():
                     raise RuntimeError(f"{name} died during the run:\n{daemon.output()}")
             ratio = samples["pykld"]["read4k"][-1]["ops_per_s"] / samples["C"]["read4k"][-1]["ops_per_s"]
-            log(f"round {rounds_done}/{args.rounds} in {elapsed:.0f} s (read 4 KiB pykld/C this round {ratio:.2f})")
+            ioctl = samples["pykld"]["fiocread4k"][-1]["ops_per_s"] / samples["C"]["fiocread4k"][-1]["ops_per_s"]
+            log(f"round {rounds_done}/{args.rounds} in {elapsed:.0f} s (pykld/C this round: read 4 KiB {ratio:.2f}, "
+                f"FIOC_READ {ioctl:.2f})")
             info["rounds"] = rounds_done
             info["measure_seconds"] = round(elapsed, 1)
             _write_json(out, {"info": info, "samples": samples})
@@ -225,6 +262,17 @@ def inside(args: argparse.Namespace) -> int:
             if os.path.exists(daemon.node):
                 log(f"{name}: {daemon.node} still there after stop")
     return 0
+
+
+def pykld_contenders() -> dict[str, Contender]:
+    """pykld's daemons for this run: the compiled loop only where pykld._loop is built."""
+    import importlib.util
+
+    try:
+        compiled = importlib.util.find_spec("pykld._loop") is not None
+    except ImportError:
+        compiled = False
+    return {name: c for name, c in PYKLD.items() if compiled or c.env.get("PYKLD_LOOP") != "compiled"}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
@@ -283,11 +331,14 @@ def warm_bytecode(prefix: Path) -> None:
 
 
 def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str, Any]:
+    """Per operation: each contender's medians, and each pykld daemon's paired ratio to C."""
     summary: dict[str, Any] = {}
     for op in OPS:
-        row: dict[str, Any] = {}
-        for name in CONTENDERS:
-            per = samples[name][op]
+        row: dict[str, Any] = {"requests": OP_REQUESTS[op], "ratios": {}}
+        for name, per_op in samples.items():
+            per = per_op.get(op)
+            if not per:
+                continue
             rates = [x["ops_per_s"] for x in per]
             row[name] = {
                 "ops_per_s": statistics.median(rates),
@@ -297,70 +348,83 @@ def summarize(samples: dict[str, dict[str, list[dict[str, float]]]]) -> dict[str
                 "requests_per_op": statistics.median(x["requests_per_op"] for x in per),
                 "client_cpu_us_per_op": statistics.median(x["client_cpu_us_per_op"] for x in per),
             }
-        paired = [a["ops_per_s"] / b["ops_per_s"] for a, b in zip(samples["pykld"][op], samples["C"][op], strict=True)]
-        q1, row["ratio"], q3 = median_and_quartiles(paired)
-        row["ratio_q1"], row["ratio_q3"] = q1, q3
-        row["ratio_all"] = [round(x, 3) for x in paired]
-        row["ratio_of_medians"] = row["pykld"]["ops_per_s"] / row["C"]["ops_per_s"]
-        row["cpu_ratio_C_over_pykld"] = row["C"]["daemon_cpu_us_per_op"] / row["pykld"]["daemon_cpu_us_per_op"]
-        row["requests"] = OP_REQUESTS[op]
+        for name in samples:
+            if name == "C" or name not in row:
+                continue
+            paired = [a["ops_per_s"] / b["ops_per_s"] for a, b in zip(samples[name][op], samples["C"][op], strict=True)]
+            q1, median, q3 = median_and_quartiles(paired)
+            row["ratios"][name] = {"ratio": median, "q1": q1, "q3": q3, "all": [round(x, 3) for x in paired],
+                                   "ratio_of_medians": row[name]["ops_per_s"] / row["C"]["ops_per_s"]}
         summary[op] = row
     return summary
 
 
-def table(summary: dict[str, Any]) -> str:
-    head = (f"{'operation':<17}{'pykld ops/s':>12}{'C ops/s':>10}{'pykld/C':>9}{'(q1-q3)':>12}"
-            f"{'CPU µs/op pykld':>17}{'C':>7}{'req/op pykld':>14}{'C':>6}")
+def table(summary: dict[str, Any], info: dict[str, Any]) -> str:
+    """One line per operation and pykld daemon: its ops/s, C's, the ratio, CPU and requests per op."""
+    head = (f"{'operation':<17}{'pykld daemon':<31}{'ops/s':>8}{'C ops/s':>9}{'pykld/C':>9}{'(q1-q3)':>12}"
+            f"{'CPU µs/op':>11}{'C':>7}{'req/op':>8}{'C':>6}")
     lines = [head, "-" * len(head)]
     for op in OPS:
         row = summary[op]
-        p, c = row["pykld"], row["C"]
-        lines.append(f"{OP_LABEL[op]:<17}{p['ops_per_s']:>12,.0f}{c['ops_per_s']:>10,.0f}{row['ratio']:>9.2f}"
-                     f"{row['ratio_q1']:>6.2f}-{row['ratio_q3']:<5.2f}{p['daemon_cpu_us_per_op']:>17,.0f}"
-                     f"{c['daemon_cpu_us_per_op']:>7,.0f}{p['requests_per_op']:>14.2f}{c['requests_per_op']:>6.2f}")
+        c = row["C"]
+        for name, r in row["ratios"].items():
+            p = row[name]
+            label = info["contenders"][name]["label"]
+            lines.append(f"{OP_LABEL[op]:<17}{label:<31}{p['ops_per_s']:>8,.0f}{c['ops_per_s']:>9,.0f}"
+                         f"{r['ratio']:>9.2f}{r['q1']:>6.2f}-{r['q3']:<5.2f}{p['daemon_cpu_us_per_op']:>11,.0f}"
+                         f"{c['daemon_cpu_us_per_op']:>7,.0f}{p['requests_per_op']:>8.2f}{c['requests_per_op']:>6.2f}")
     return "\n".join(lines)
 
 
+COLORS = {"pykld": "#2b7bb9", "pykld-compiled": "#1a9850", "pykld-rounds": "#fdae61", "C": "#8c8c8c"}
+
+
 def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
-    """Left: pykld/C ops/s per operation (the figure).  Right: each daemon's CPU per CUSE request."""
+    """Left: pykld/C ops/s per operation (the figure), a bar per pykld daemon.  Right: each daemon's
+    CPU per CUSE request."""
     use_file_backend()
     import matplotlib.pyplot as plt
 
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(15, 5.8), gridspec_kw={"width_ratios": [3, 2]})
     xs = list(range(len(OPS)))
-    ratios = [summary[op]["ratio"] for op in OPS]
-    low = [summary[op]["ratio"] - summary[op]["ratio_q1"] for op in OPS]
-    high = [summary[op]["ratio_q3"] - summary[op]["ratio"] for op in OPS]
-    bars = ax.bar(xs, ratios, 0.6, color="#2b7bb9", yerr=[low, high], capsize=4, ecolor="#333333",
-                  label="pykld/C ops/s: median of paired rounds (whiskers: quartiles)")
-    for i, (bar, op) in enumerate(zip(bars, OPS, strict=True)):
-        row = summary[op]
-        ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 0.02 + high[i], f"{row['ratio']:.2f}",
-                ha="center", va="bottom", fontsize=9)
-        ax.text(bar.get_x() + bar.get_width() / 2, 0.01,
-                f"{row['pykld']['ops_per_s']:,.0f}\nvs\n{row['C']['ops_per_s']:,.0f}", ha="center", va="bottom",
-                fontsize=7, color="white")
+    names = [n for n in info["contenders"] if n != "C"]
+    width = 0.8 / len(names)
+    top = 1.15
+    for j, name in enumerate(names):
+        at = [(x + (j - (len(names) - 1) / 2) * width, summary[op]["ratios"][name])
+              for x, op in zip(xs, OPS, strict=True) if name in summary[op]["ratios"]]
+        ratios = [r["ratio"] for _, r in at]
+        low = [r["ratio"] - r["q1"] for _, r in at]
+        high = [r["q3"] - r["ratio"] for _, r in at]
+        ax.bar([x for x, _ in at], ratios, width, color=COLORS.get(name, "#2b7bb9"), yerr=[low, high], capsize=3,
+               ecolor="#333333", label=info["contenders"][name]["label"])
+        for (x, r), h in zip(at, high, strict=True):
+            ax.text(x, r["ratio"] + h + 0.02, f"{r['ratio']:.2f}", ha="center", va="bottom", fontsize=7.5)
+            top = max(top, (r["ratio"] + h) * 1.15)
     ax.axhline(1.0, color="#8c8c8c", linestyle="--", linewidth=1)
+    ax.axhline(0.75, color="#d73027", linestyle=":", linewidth=1)
     ax.text(len(OPS) - 0.5, 1.01, "C = 1", ha="right", va="bottom", fontsize=8, color="#555555")
+    ax.text(len(OPS) - 0.5, 0.76, "goal 0.75", ha="right", va="bottom", fontsize=8, color="#d73027")
     ax.set_xticks(xs)
     ax.set_xticklabels([OP_LABEL[op].replace(" ", "\n", 1) for op in OPS], fontsize=8.5)
     ax.set_ylabel("ops/s of pykld relative to libfuse's cuse.c example")
-    ax.set_ylim(0, max(1.15, max(r + h for r, h in zip(ratios, high, strict=True)) * 1.15))
-    ax.legend(loc="upper left", fontsize=8.5)
-    ax.set_title("pykld/C per operation (in the bars: ops/s pykld vs C, meaningless under emulation)",
-                 fontsize=9.5)
+    ax.set_ylim(0, top)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.set_title("pykld/C per operation: median of paired rounds (whiskers: quartiles)", fontsize=9.5)
 
-    width = 0.38
-    colors = {"pykld": "#2b7bb9", "C": "#8c8c8c"}
-    for j, name in enumerate(CONTENDERS):
-        per_req = [summary[op][name]["daemon_cpu_us_per_op"] / max(summary[op][name]["requests_per_op"], 1e-9)
-                   for op in OPS]
-        bx.bar([x + (j - 0.5) * width for x in xs], per_req, width, color=colors[name], label=LABEL[name])
+    every = [*names, "C"]
+    width = 0.8 / len(every)
+    for j, name in enumerate(every):
+        at = [(x + (j - (len(every) - 1) / 2) * width, summary[op][name]) for x, op in zip(xs, OPS, strict=True)
+              if name in summary[op]]
+        per_req = [m["daemon_cpu_us_per_op"] / max(m["requests_per_op"], 1e-9) for _, m in at]
+        bx.bar([x for x, _ in at], per_req, width, color=COLORS.get(name, "#2b7bb9"),
+               label=info["contenders"][name]["label"])
     bx.set_yscale("log")
     bx.set_xticks(xs)
     bx.set_xticklabels([SHORT_LABEL[op] for op in OPS], fontsize=8)
     bx.set_ylabel("daemon CPU per CUSE request, µs (log; emulated)")
-    bx.legend(loc="upper left", fontsize=8.5)
+    bx.legend(loc="upper left", fontsize=8)
     bx.set_title("where the time goes: each daemon's CPU per request it served", fontsize=9.5)
     fig.suptitle(f"membuf over CUSE, {info['rounds']} alternating rounds x {info['seconds_per_measurement']} s in "
                  f"one VM boot (qemu TCG, Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU), libfuse "
@@ -369,8 +433,9 @@ def chart(summary: dict[str, Any], info: dict[str, Any], path: Path) -> None:
 
 
 def host(args: argparse.Namespace) -> int:
-    if not VM_RUN.exists():
-        log.exit(f"{VM_RUN} missing")
+    vm_run: Path = args.vm_run
+    if not vm_run.exists():
+        log.exit(f"{vm_run} missing")
     t_start = time.monotonic()
     ensure_system()
     have_mpl = ensure_pip()
@@ -386,12 +451,12 @@ def host(args: argparse.Namespace) -> int:
         pycache = workdir / "pycache"
         warm_bytecode(pycache)
         timeout = int(args.budget + BOOT_ALLOWANCE)
-        argv = [str(VM_RUN), "--timeout", str(timeout), "--", sys.executable, str(BENCH / "cuse_bench.py"),
+        argv = [str(vm_run), "--timeout", str(timeout), "--", sys.executable, str(BENCH / "cuse_bench.py"),
                 "--inside", "--build", str(workdir), "--out", str(inner_json), "--rounds", str(args.rounds),
                 "--seconds", str(args.seconds), "--region", str(args.region), "--budget", str(args.budget),
                 *(["--c-single-threaded"] if args.c_single_threaded else [])]
         env = {**os.environ, "PYTHONPYCACHEPREFIX": str(pycache)}
-        log(f"booting the VM (timeout {timeout} s): up to {args.rounds} rounds x {len(OPS)} operations x 2 daemons "
+        log(f"booting the VM (timeout {timeout} s): up to {args.rounds} rounds x {len(OPS)} operations x 3-4 daemons "
             f"x {args.seconds} s, at most {args.budget:.0f} s of rounds")
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL)
         rc = proc.wait(timeout + 60)
@@ -425,6 +490,7 @@ def host(args: argparse.Namespace) -> int:
         log("the VM finished no round")
         return 1
     info.update({
+        "vm_run": str(args.vm_run),
         "date": utc_timestamp(),
         "host_kernel": platform.release(),
         "host_cpus": os.cpu_count(),
@@ -437,19 +503,23 @@ def host(args: argparse.Namespace) -> int:
     summary = summarize(samples)
     (args.out / "cuse_results.json").write_text(json.dumps({
         "info": info,
-        "contenders": {n: f"{LABEL[n]} ({DEVICE[n]})" for n in CONTENDERS},
+        "contenders": info["contenders"],
         "operations": summary,
     }, indent=2) + "\n")
-    print(f"\nmembuf over CUSE, {info['date']}: one VM boot (qemu software emulation, Linux {info['guest_kernel']}, "
-          f"{info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; libfuse {libfuse}, "
-          f"Python {info['guest_python']}")
+    print(f"\nmembuf over CUSE, {info['date']}: one VM boot ({info['vm_run']}: qemu TCG unless it keeps KVM; "
+          f"Linux {info['guest_kernel']}, {info['guest_cpus']} vCPU) on {info['host_cpus']} x {info['host_cpu']}; "
+          f"libfuse {libfuse}, Python {info['guest_python']}")
     print(f"{info['rounds']} rounds x {info['seconds_per_measurement']} s per operation and daemon, alternating "
           f"(pykld C, C pykld, ...); C example {info['c_threads']}; host load average "
           f"{loadavg_start[0]:.2f} -> {info['host_loadavg_end'][0]:.2f}")
     print("ops/s: median over rounds -- absolute rates under emulation mean nothing, the ratio does.")
     print("pykld/C: median of the per-round ratios (each pair measured back to back), quartiles in brackets.")
-    print("CPU µs/op: the daemon's own CPU (all threads); req/op: CUSE requests it read per operation.\n")
-    print(table(summary))
+    print("CPU µs/op: the daemon's own CPU (all threads); req/op: CUSE requests it read per operation.")
+    for name, c in info["contenders"].items():
+        said = "; ".join(info.get(f"{name}_dmesg", [])) or "-"
+        print(f"  {name}: {c['label']} on {c['node']}, env {c['env'] or '-'}; its dmesg: {said}")
+    print()
+    print(table(summary, info))
     wrote = [args.out / "cuse_results.json"]
     if have_mpl:
         wrote += draw_chart(lambda path: chart(summary, info, path), args.out / "membuf_cuse.png", log)
@@ -468,6 +538,8 @@ def main() -> int:
                         help="run the C example with -s (default: libfuse's multithreaded loop)")
     parser.add_argument("--out", type=Path, default=OUT, help="host: where the JSON and the chart go; "
                         "--inside: the JSON file")
+    parser.add_argument("--vm-run", type=Path, default=VM_RUN, help=f"the VM runner (default {VM_RUN}; a copy "
+                        "that keeps KVM measures without emulation's skew)")
     parser.add_argument("--inside", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -90,7 +90,24 @@ def test_restricted_ioctls_and_sequential_io(cuse: Kernel) -> None:
         os.close(fd)
 
 
-def test_unrestricted_ioctl_follows_pointers(cuse: Kernel) -> None:
+@pytest.fixture(params=["direct", "rounds"])
+def cuse_memory(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Kernel]:
+    """CUSE whose ioctls reach the caller's memory directly (process_vm_readv/writev, the
+    default for root) or through the kernel's retry rounds (PYKLD_FUSE_USER_MEMORY=off)."""
+    monkeypatch.setenv("PYKLD_FUSE_USER_MEMORY", "ptrace" if request.param == "direct" else "off")
+    require("CUSE", os.geteuid() == 0 and cuse_available(), "no CUSE here (root and /dev/cuse needed)")
+    kernel = Kernel()
+    transport = CuseTransport(kernel)
+    transport.start()
+    try:
+        yield kernel
+    finally:
+        kernel.shutdown()
+        transport.stop()
+
+
+def test_unrestricted_ioctl_follows_pointers(cuse_memory: Kernel) -> None:
+    cuse = cuse_memory
     cuse.kldload(str(EXAMPLES / "membuf.py"))
     fd = os.open("/dev/membuf", os.O_RDWR)
     try:
@@ -107,7 +124,8 @@ def test_unrestricted_ioctl_follows_pointers(cuse: Kernel) -> None:
         os.close(fd)
 
 
-def test_bad_pointer_is_efault_and_the_host_goes_on(cuse: Kernel) -> None:
+def test_bad_pointer_is_efault_and_the_host_goes_on(cuse_memory: Kernel) -> None:
+    cuse = cuse_memory
     cuse.kldload(str(EXAMPLES / "membuf.py"))
     fd = os.open("/dev/membuf", os.O_RDWR)
     try:
@@ -122,6 +140,34 @@ def test_bad_pointer_is_efault_and_the_host_goes_on(cuse: Kernel) -> None:
         assert read_fresh("/dev/membuf") == b"12345678"
     finally:
         os.close(fd)
+
+
+POINTER_CLIENT = """
+import ctypes, sys
+FIOC_READ, FIOC_WRITE = 0x4502, 0x4503
+class Arg(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_int64), ("buf", ctypes.c_void_p), ("size", ctypes.c_size_t),
+                ("prev_size", ctypes.c_size_t), ("new_size", ctypes.c_size_t)]
+libc = ctypes.CDLL(None, use_errno=True)
+device = open("/dev/membuf", "r+b", buffering=0)
+fd = device.fileno()
+source = ctypes.create_string_buffer(b"from nobody", 11)
+arg = Arg(0, ctypes.addressof(source), 11, 0, 0)
+wrote = libc.ioctl(fd, ctypes.c_ulong(FIOC_WRITE), ctypes.c_void_p(ctypes.addressof(arg)))
+target = ctypes.create_string_buffer(11)
+arg = Arg(5, ctypes.addressof(target), 6, 0, 0)
+read = libc.ioctl(fd, ctypes.c_ulong(FIOC_READ), ctypes.c_void_p(ctypes.addressof(arg)))
+print(wrote, read, target.raw[:6].decode(), arg.prev_size, arg.new_size)
+"""
+
+
+def test_pointer_ioctls_of_another_users_process(cuse_memory: Kernel) -> None:
+    """The caller is another process, of another user: its memory, not the daemon's."""
+    cuse_memory.kldload(str(EXAMPLES / "membuf.py"))
+    done = subprocess.run([*AS_NOBODY.split(), sys.executable, "-c", POINTER_CLIENT], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.split() == ["11", "6", "nobody", "11", "11"], done.stderr
+    assert read_fresh("/dev/membuf") == b"from nobody"
 
 
 def test_fifo_poll_wakes_and_nonblock_is_eagain(cuse: Kernel) -> None:

@@ -3,13 +3,21 @@
 One channel (/dev/cuse descriptor) per cdev.  CUSE_INIT names the node and
 asks for unrestricted ioctls; then the channel carries the same requests as
 FUSE, served by the shared file operations.  Unrestricted ioctl lets a driver
-follow pointers in its argument (copyin/copyout) through the kernel's retry
-protocol: reads the driver needs are fetched by a retry and the driver run
-again; its writes are sent back as out-iovecs after it ran once.
+follow pointers in its argument (copyin/copyout).  Two ways reach them:
+
+- directly, as copy_from_user would: process_vm_readv/writev of the process
+  that made the request, while it waits in ioctl(2) (root may; a daemon that
+  may not trace its caller falls back to the rounds).  Every ioctl is then one
+  request, where libfuse's cuse example needs two or three;
+- the kernel's retry protocol (FUSE_IOCTL_RETRY), the only way without ptrace
+  rights, and the way with PYKLD_FUSE_USER_MEMORY=off: reads the driver needs
+  are fetched by a retry and the driver run again; its writes are sent back as
+  out-iovecs after it ran once.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import stat
@@ -17,18 +25,19 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from pykld.fuse import abi, reply
 from pykld.fuse.request import Request, negotiate_minor
 from pykld.kernel import ioccom
-from pykld.kernel.uaccess import Iovec, IovecMemory, NeedIovecs
+from pykld.kernel.uaccess import Iovec, IovecMemory, NeedIovecs, check_range
 from pykld.transport import programs
 from pykld.transport.fileops import FileOps
 from pykld.transport.session import Reply, Session
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev
+    from pykld.kernel.file import OpenFile
     from pykld.kernel.kernel import Kernel
 
 MAX_IO = abi.FUSE_DEFAULT_MAX_PAGES_PER_REQ * 4096  # CUSE does not negotiate max_pages
@@ -64,9 +73,13 @@ def cuse_available() -> bool:
 class CuseHandler(FileOps):
     """Serves one cdev's channel."""
 
-    def __init__(self, kernel: Kernel, cdev: Cdev) -> None:
+    def __init__(self, kernel: Kernel, cdev: Cdev, caller_memory: bool = False) -> None:
         super().__init__(kernel)
         self.cdev = cdev
+        # Reach callers' memory directly (a real channel, where the request's pid is a
+        # process of this machine), or only through the kernel's retry rounds.
+        self.caller_memory = caller_memory and self.process_memory
+        self._refusal_logged = False
         self.ready = threading.Event()
         self.stopping = False
         # Notified when an open is released or the channel stops: a destroyed
@@ -129,11 +142,53 @@ class CuseHandler(FileOps):
         if args.flags & abi.FUSE_IOCTL_COMPAT:
             raise OSError(errno.ENOSYS, "32-bit compat ioctls are not supported", None)
         file = self._file(args.fh)
+        # A call's first request carries no caller memory (unrestricted ioctls have no
+        # initial iovecs); a retry of ours always asks for some.
+        if self.caller_memory and req.pid > 0 and not args.in_size and not args.out_size:
+            answer = self._ioctl_direct(req, file)
+            if answer is not None:
+                return answer
+        return self._ioctl_rounds(req, file)
+
+    def _ioctl_direct(self, req: Request, file: OpenFile) -> Reply:
+        """The whole ioctl in this one request, the caller's memory read and written
+        directly; None when the caller's memory may not be reached (EPERM)."""
+        args = req.args
+        cmd = _decoded(args.cmd)
+        memory = _CallerMemory(req.pid)
+        sized = cmd.size and cmd.copies_in
+        try:
+            result, out = self._serve(req, file.ioctl, args.cmd, args.arg,
+                                      memory.read(args.arg, cmd.size) if sized else None, memory)
+        except _Unreachable:
+            self._refused(req.pid)
+            return None  # nothing was changed (drivers copy in first): the rounds run it afresh
+        if out is not None and cmd.size:
+            memory.write(args.arg, bytes(out[: cmd.size]))
+        try:
+            memory.flush()
+        except _Unreachable:
+            # The driver ran: its writes go back through the kernel, as out-iovecs of
+            # a retry that this run answers without running the driver again.
+            self._refused(req.pid)
+            self._finished[(args.fh, args.cmd, args.arg)] = (result, b"".join(data for _, data in memory.pending))
+            return reply.ioctl_retry(req.unique, [], [(addr, len(data)) for addr, data in memory.pending])
+        return reply.ioctl(req.unique, result)
+
+    def _refused(self, pid: int) -> None:
+        if not self._refusal_logged:
+            self._refusal_logged = True
+            self.log(f"{self.cdev.path}: the memory of pid {pid} is not reachable (process_vm_readv: no ptrace "
+                     "rights); its ioctls go through the kernel's retry rounds")
+
+    def _ioctl_rounds(self, req: Request, file: OpenFile) -> Reply:
+        """One request of the kernel's retry protocol."""
+        args = req.args
         key = (args.fh, args.cmd, args.arg)
         finished = self._finished.pop(key, None)
         if finished is not None and args.out_size == len(finished[1]):
             return reply.ioctl(req.unique, finished[0], finished[1])  # the retry for our writes
-        cmd = ioccom.decode(args.cmd)
+        cmd = _decoded(args.cmd)
         # A sized command's argument travels as in FUSE's restricted form.
         base_in = [(args.arg, cmd.size)] if cmd.size and cmd.copies_in else []
         base_out = [(args.arg, cmd.size)] if cmd.size and cmd.copies_out else []
@@ -177,6 +232,117 @@ class _Rounds(NamedTuple):
     outs: list[Iovec]
 
 
+_DECODED: dict[int, ioccom.IoctlCmd] = {}
+
+
+def _decoded(cmd: int) -> ioccom.IoctlCmd:
+    """ioccom.decode, once per command number."""
+    decoded = _DECODED.get(cmd)
+    if decoded is None:
+        decoded = _DECODED[cmd] = ioccom.decode(cmd)
+    return decoded
+
+
+class _Unreachable(NeedIovecs):
+    """The caller's memory may not be reached directly: unwinds the driver as a
+    retry round would, and the call goes through the kernel's rounds."""
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_process_vm_readv = _libc.process_vm_readv
+_process_vm_writev = _libc.process_vm_writev
+_process_vm_readv.restype = _process_vm_writev.restype = ctypes.c_ssize_t
+# struct iovec arrays as flat u64 (base, length) pairs: quicker to build than Structures
+_IOV_PAIR = ctypes.c_uint64 * 4
+_IOV_SIZE = 16
+
+
+def _iovecs(pairs: list[Iovec]) -> ctypes.Array[ctypes.c_uint64]:
+    return (ctypes.c_uint64 * (2 * len(pairs)))(*[n for pair in pairs for n in pair])
+
+
+_REFUSED = (errno.EPERM, errno.EACCES)
+
+
+class _CallerMemory:
+    """The memory of the process that made this ioctl request, reached with
+    process_vm_readv/writev while it waits in ioctl(2), as copy_from_user would.
+
+    Writes are gathered and land in one process_vm_writev when the driver is done
+    (before any read, so a driver reads back what it wrote), before the reply
+    wakes the caller; a bad address among them makes the ioctl EFAULT, as the
+    kernel's copy-out of the retry protocol does."""
+
+    __slots__ = ("pid", "pending")
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pending: list[tuple[int, bytes]] = []
+
+    def read(self, addr: int, size: int) -> bytes:
+        if self.pending:
+            self.flush()
+        check_range(addr, size)
+        if not size:
+            return b""
+        buffer = ctypes.create_string_buffer(size)
+        iov = _IOV_PAIR(ctypes.addressof(buffer), size, addr, size)  # local, remote
+        done = _process_vm_readv(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), 1, 0)
+        if done != size:
+            self._failed(done, [(addr, size)])
+        return buffer.raw
+
+    def read_many(self, iovecs: list[Iovec]) -> list[bytes]:
+        """Every range in one process_vm_readv."""
+        if self.pending:
+            self.flush()
+        for addr, size in iovecs:
+            check_range(addr, size)
+        wanted = [(addr, size) for addr, size in iovecs if size]
+        if not wanted:
+            return [b"" for _ in iovecs]
+        buffers = [ctypes.create_string_buffer(size) for _, size in wanted]
+        n = len(wanted)
+        local = _iovecs([(ctypes.addressof(b), size) for b, (_, size) in zip(buffers, wanted, strict=True)])
+        total = sum(size for _, size in wanted)
+        done = _process_vm_readv(self.pid, local, n, _iovecs(wanted), n, 0)
+        if done != total:
+            self._failed(done, wanted)
+        got = iter(buffers)
+        return [next(got).raw if size else b"" for _, size in iovecs]
+
+    def write(self, addr: int, data: bytes) -> None:
+        check_range(addr, len(data))
+        if data:
+            self.pending.append((addr, bytes(data)))
+
+    def flush(self) -> None:
+        """Land the gathered writes, in order, in one process_vm_writev."""
+        pending = self.pending
+        if not pending:
+            return
+        joined = pending[0][1] if len(pending) == 1 else b"".join([data for _, data in pending])
+        local = (ctypes.c_char * len(joined)).from_buffer_copy(joined)
+        flat = [ctypes.addressof(local), len(joined)]  # the one local iovec, then the caller's
+        for addr, data in pending:
+            flat += (addr, len(data))
+        iov = (ctypes.c_uint64 * len(flat))(*flat)
+        done = _process_vm_writev(self.pid, iov, 1, ctypes.byref(iov, _IOV_SIZE), len(pending), 0)
+        if done != len(joined):
+            self._failed(done, [(addr, len(data)) for addr, data in pending])
+        self.pending = []
+
+    def _failed(self, done: int, iovecs: list[Iovec]) -> NoReturn:
+        code = ctypes.get_errno() if done < 0 else errno.EFAULT  # short: part of it is unmapped
+        if code in _REFUSED:
+            raise _Unreachable(iovecs)
+        if code == errno.ESRCH:
+            raise OSError(errno.EFAULT, f"the caller (pid {self.pid}) is gone", None)
+        where = ", ".join(f"{addr:#x} (+{size})" for addr, size in iovecs)
+        raise OSError(code if code in (errno.ENOMEM, errno.EINVAL) else errno.EFAULT,
+                      f"bad address {where}: {os.strerror(code)}", None)
+
+
 def _total(iovs: list[Iovec]) -> int:
     return sum(length for _, length in iovs)
 
@@ -203,7 +369,7 @@ class CuseChannel:
         self.cdev = cdev
         self.node = f"/dev/{cdev.name}"
         self.rdev = 0
-        self.handler = CuseHandler(kernel, cdev)
+        self.handler = CuseHandler(kernel, cdev, caller_memory=True)
         self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
         self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_IO),
                                name=f"cuse:{cdev.name}", log=lambda text: kernel.printf("kernel", text),
