@@ -170,6 +170,12 @@ class Session:
 
     def serve(self, view: memoryview, nbytes: int) -> None:
         """Decode one request, run its handler, send its reply."""
+        reply = self.answer(view, nbytes)
+        if reply is not None:
+            self.send(reply)
+
+    def answer(self, view: memoryview, nbytes: int) -> Reply:
+        """Decode one request and run its handler: its reply (None: no reply), for the ring too."""
         reply: Reply
         try:
             # Every decoder checks the length first, so a short message's opcode
@@ -185,8 +191,7 @@ class Session:
         except Exception as exc:  # a bug in pykld itself: answer, log, keep serving
             self.log(f"{self.name}: internal error on opcode {view[4]}: {exc!r}")
             reply = error_reply(_unique(view), errno.EIO)
-        if reply is not None:
-            self.send(reply)
+        return reply
 
     def send(self, reply: bytes | Sequence[Buffer]) -> None:
         try:
