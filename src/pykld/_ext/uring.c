@@ -91,6 +91,7 @@ struct queue {
     uint64_t *commit_ids; /* per entry: the request it holds */
     struct iovec *iov; /* per entry: header, payload (the kernel reads them at REGISTER) */
     unsigned long long served;
+    unsigned held; /* entries Python serves now (changed with the GIL held) */
     int registered;
 };
 
@@ -114,11 +115,6 @@ static int sys_io_uring_setup(unsigned entries, struct io_uring_params *p)
 static int sys_io_uring_enter(int fd, unsigned to_submit, unsigned min_complete, unsigned flags)
 {
     return (int)syscall(__NR_io_uring_enter, fd, to_submit, min_complete, flags, NULL, 0);
-}
-
-static int sys_io_uring_register(int fd, unsigned opcode, void *arg, unsigned nr_args)
-{
-    return (int)syscall(__NR_io_uring_register, fd, opcode, arg, nr_args);
 }
 
 static char *entry_base(RingObject *r, unsigned qid, unsigned ent)
@@ -193,9 +189,10 @@ static int queue_setup(struct queue *q, unsigned depth, int fuse_fd)
     q->cq_tail = (unsigned *)(cq + p.cq_off.tail);
     q->cq_mask = (unsigned *)(cq + p.cq_off.ring_mask);
     q->cqes = (struct io_uring_cqe *)(cq + p.cq_off.cqes);
-    /* The FUSE channel as fixed file 0: no file lookup per command. */
-    if (sys_io_uring_register(q->ring_fd, IORING_REGISTER_FILES, &fuse_fd, 1) < 0)
-        return errno;
+    /* Not a registered (fixed) file: the ring would then hold /dev/fuse open until its
+     * context is freed, asynchronously, after the daemon died; callers would see the
+     * connection aborted (ECONNABORTED) where a dead classic daemon gives ENOTCONN. */
+    (void)fuse_fd;
     return 0;
 }
 
@@ -218,12 +215,11 @@ static void queue_advance_sq(struct queue *q)
     __atomic_store_n(q->sq_tail, *q->sq_tail + 1, __ATOMIC_RELEASE);
 }
 
-static void prep_fuse_cmd(struct io_uring_sqe *sqe, unsigned cmd, unsigned qid, unsigned ent, uint64_t commit_id,
-                          struct iovec *iov)
+static void prep_fuse_cmd(struct io_uring_sqe *sqe, int fuse_fd, unsigned cmd, unsigned qid, unsigned ent,
+                          uint64_t commit_id, struct iovec *iov)
 {
     sqe->opcode = IORING_OP_URING_CMD;
-    sqe->flags = IOSQE_FIXED_FILE;
-    sqe->fd = 0;
+    sqe->fd = fuse_fd;
     sqe->cmd_op = cmd;
     sqe->addr = (uint64_t)(uintptr_t)iov;
     sqe->len = 2;
@@ -386,7 +382,7 @@ static PyObject *Ring_register(RingObject *r, PyObject *arg)
         struct io_uring_sqe *sqe = queue_next_sqe(q);
         if (!sqe)
             break;
-        prep_fuse_cmd(sqe, FUSE_IO_URING_CMD_REGISTER, qid, e, 0, &q->iov[2 * e]);
+        prep_fuse_cmd(sqe, r->fuse_fd, FUSE_IO_URING_CMD_REGISTER, qid, e, 0, &q->iov[2 * e]);
         queue_advance_sq(q);
         filled++;
     }
@@ -481,6 +477,7 @@ static PyObject *Ring_wait(RingObject *r, PyObject *arg)
     memcpy(start, h->in_out, FUSE_IN_HEADER_SZ);
     memcpy(start + FUSE_IN_HEADER_SZ, h->op_in, op_sz);
     q->served++;
+    q->held++;
     return Py_BuildValue("(Inn)", ent, (Py_ssize_t)(start - r->arena), (Py_ssize_t)len);
 }
 
@@ -580,6 +577,8 @@ static PyObject *Ring_commit(RingObject *r, PyObject *args)
     }
     struct queue *q = &r->queues[qid];
     int rc = 0;
+    if (q->held)
+        q->held--;
     Py_BEGIN_ALLOW_THREADS
     pthread_mutex_lock(&q->sq_lock);
     if (r->closed) {
@@ -589,7 +588,7 @@ static PyObject *Ring_commit(RingObject *r, PyObject *args)
         if (!sqe) {
             rc = -EBUSY;
         } else {
-            prep_fuse_cmd(sqe, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, ent, q->commit_ids[ent], &q->iov[2 * ent]);
+            prep_fuse_cmd(sqe, r->fuse_fd, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, ent, q->commit_ids[ent], &q->iov[2 * ent]);
             queue_advance_sq(q);
             rc = queue_submit(q, 1);
         }
@@ -656,7 +655,18 @@ static PyObject *Ring_served(RingObject *r, PyObject *arg)
     return PyLong_FromUnsignedLongLong(r->queues[qid].served);
 }
 
+PyDoc_STRVAR(held_doc, "held(qid) -> int\n\nEntries of queue qid taken by wait() and not committed yet.");
+
+static PyObject *Ring_held(RingObject *r, PyObject *arg)
+{
+    unsigned qid = (unsigned)PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred() || check_qid(r, qid) < 0)
+        return NULL;
+    return PyLong_FromUnsignedLong(r->queues[qid].held);
+}
+
 static PyMethodDef Ring_methods[] = {
+    {"held", (PyCFunction)Ring_held, METH_O, held_doc},
     {"register", (PyCFunction)Ring_register, METH_O, register_doc},
     {"wait", (PyCFunction)Ring_wait, METH_O, wait_doc},
     {"commit", (PyCFunction)Ring_commit, METH_VARARGS, commit_doc},
@@ -699,7 +709,8 @@ static PyTypeObject RingType = {
 };
 
 static struct PyModuleDef uring_module = {
-    PyModuleDef_HEAD_INIT, "pykld._uring", "FUSE over io_uring: rings, entries, commits.", -1, NULL,
+    PyModuleDef_HEAD_INIT, .m_name = "pykld._uring", .m_doc = "FUSE over io_uring: rings, entries, commits.",
+    .m_size = -1,
 };
 
 PyMODINIT_FUNC PyInit__uring(void)

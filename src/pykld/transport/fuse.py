@@ -69,6 +69,7 @@ class DevfsHandler(FileOps):
         self.foreign: Callable[[Cdev], bool] = lambda cdev: False
         self.link_of: Callable[[Cdev], str | None] = lambda cdev: None
         self.ring_wanted = False  # FuseTransport's plan: offer FUSE over io_uring at INIT
+        self.connection: int | None = None  # the connection's number in fusectl (its device minor)
         self.rings: uring.RingServer | None = None
 
     def handlers(self) -> dict[int, Any]:
@@ -170,6 +171,7 @@ class DevfsHandler(FileOps):
             return answer
         # The kernel takes ring entries only once it has our INIT reply.
         self.session.send(answer)
+        rings.connection = self.connection
         self.rings = rings
         rings.start(self.handlers(), minor)
         return None
@@ -315,6 +317,7 @@ class FuseTransport:
         options += f",max_read={MAX_WRITE}"
         self.handler.ring_wanted = uring.plan(lambda text: self.kernel.printf("kernel", text))
         self.fd = mount.mount_fuse(self.dev_dir, options)
+        self.handler.connection = uring.connection_of(self.dev_dir)
         self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_WRITE, 256),
                                name="fuse", log=lambda text: self.kernel.printf("kernel", text))
         self.handler.attach(self.session)
@@ -399,10 +402,10 @@ class FuseTransport:
             except OSError as exc:
                 failed = exc
                 self.kernel.printf("kernel", f"unmount {self.dev_dir}: {exc.strerror}")
+            if self.handler.rings is not None:
+                self.handler.rings.stop()  # before /dev/fuse is closed: its commands hold it open
             if self.session is not None:
                 self.session.finished.wait(5)
-            if self.handler.rings is not None:
-                self.handler.rings.stop()
             self.handler.close_all()
             os.close(self.fd)
             self.fd = -1

@@ -34,8 +34,12 @@ from pykld.transport.session import Handler, Session
 
 PARAMETER = "/sys/module/fuse/parameters/enable_uring"
 POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
+FUSECTL = "/sys/fs/fuse/connections"  # one directory per connection, named by the mount's device minor
 FUSE_OVER_IO_URING = 1 << 41  # INIT flags2 bit 9 (FUSE 7.42)
-DEPTH = 8  # entries per queue: requests one CPU's callers may have in flight at once
+# Entries per queue: the requests one CPU's callers may have in the driver at once.  Each
+# has a 1 MiB payload buffer, mapped without reserve: only the pages used cost memory,
+# and the kernel hands out the entry freed last, so a few hot entries serve a stream.
+DEPTH = 64
 MODES = ("auto", "off", "enable")
 
 _serving = threading.local()  # .session: the queue session a ring thread belongs to
@@ -49,6 +53,20 @@ def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
             first, _, last = part.partition("-")
             count += int(last or first) - int(first) + 1
     return count
+
+
+def connection_of(mount_point: str) -> int | None:
+    """The fusectl number of the FUSE mount at `mount_point` (its device minor), from
+    mountinfo: a stat would ask the not yet served filesystem itself."""
+    try:
+        with open("/proc/self/mountinfo") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) > 4 and fields[4] == mount_point:
+                    return int(fields[2].partition(":")[2])
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def parameter() -> str | None:
@@ -130,6 +148,15 @@ class QueueSession(Session):
         self.qid = qid
         self._registering = True
 
+    def ensure_reader(self) -> None:
+        """As Session's, and: the request may sleep only while its queue keeps an entry
+        for the others, since the kernel holds a CPU's requests until an entry is free
+        (a sleeper waiting for a writer stuck behind it would never wake): EAGAIN else."""
+        if self.rings.ring.held(self.qid) >= self.rings.ring.depth:
+            raise OSError(errno.EAGAIN, f"{self.rings.ring.depth} requests of this CPU's ring are blocked already",
+                          None)
+        super().ensure_reader()
+
     def _work(self) -> None:
         _serving.session = self
         ring, qid = self.rings.ring, self.qid
@@ -177,6 +204,7 @@ class RingServer:
         self.view = memoryview(self.ring)
         self.queues: list[QueueSession] = []
         self.failed = threading.Event()
+        self.connection: int | None = None  # the fusectl number, set once mounted
         self._lock = threading.Lock()
         self._registered = 0
 
@@ -214,13 +242,35 @@ class RingServer:
         """Requests that came over the rings so far."""
         return sum(self.ring.served(qid) for qid in range(self.ring.queues))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """The connection is over (or ending): let every queue thread go, then close the rings.
-        A thread still in a driver after `timeout` finds its commit refused when it returns."""
+    def stop(self, grace: float = 0.5) -> None:
+        """After the unmount: let every queue thread go, then close the rings.
+
+        The kernel ends the ring's commands when the connection ends; a connection that
+        outlives the unmount (a caller holds a file open) ends only when /dev/fuse is
+        released, which the commands prevent: so a waiter not released within `grace` is
+        woken, and closing the rings cancels the rest.  A thread still in a driver finds
+        its commit refused when it returns, and leaves."""
         for queue in self.queues:
             queue.stop()
+        if not all(queue.finished.wait(grace) for queue in self.queues):
+            # Closing the rings would leave the kernel queueing the holders' requests on
+            # rings nobody serves: end the connection instead, as a dead daemon's.
+            if not self._abort_connection():
+                self.log("fuse: io_uring: the connection outlives the unmount and fusectl is not mounted"
+                         " to end it: callers still holding a device open will wait until killed")
+            for queue in self.queues:
+                if not queue.finished.wait(grace):
+                    self.ring.wake(queue.qid)
         for queue in self.queues:
-            if not queue.finished.wait(timeout):
-                self.ring.wake(queue.qid)  # a reader the kernel did not release (no teardown)
-                queue.finished.wait(1.0)
+            queue.finished.wait(grace)
         self.ring.close()
+
+    def _abort_connection(self) -> bool:
+        if self.connection is None:
+            return False
+        try:
+            with open(f"{FUSECTL}/{self.connection}/abort", "w") as f:
+                f.write("1")
+        except OSError:
+            return False
+        return True
