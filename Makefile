@@ -13,7 +13,9 @@ APT_TEST := i2c-tools
 
 deps: $(STAMP)
 
-$(STAMP): pyproject.toml
+# setup.py builds the compiled request loop (pykld._loop) from src/pykld/_ext/: a changed
+# source reinstalls, which rebuilds it in place.
+$(STAMP): pyproject.toml setup.py $(wildcard src/pykld/_ext/*.c src/pykld/_ext/*.h)
 	tools/apt-need $(APT_BASE)
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
@@ -28,18 +30,26 @@ run: $(STAMP)
 # and the kld commands; then the CUSE suite in a VM (minutes).
 HOST_TESTS := tests/transport tests/test_cli.py
 
+# The suites that serve real channels run once per request loop (PYKLD_LOOP); the
+# in-process tests of the loop run both themselves (tests/fuse, request_loop).
+LOOPS := compiled python
+
 test: $(STAMP) lint
 	tools/apt-need $(APT_TEST)
 	$(PY) -m pytest -q tests/transport/test_fresh_machine.py
 	$(PY) -m pytest -q tests --ignore=tests/cuse $(addprefix --ignore=,$(HOST_TESTS))
-	$(PY) -m pytest -q $(HOST_TESTS) --deselect tests/transport/test_fresh_machine.py
+	set -e; for loop in $(LOOPS); do echo "make: the host transport tests, PYKLD_LOOP=$$loop"; \
+		PYKLD_LOOP=$$loop $(PY) -m pytest -q $(HOST_TESTS) --deselect tests/transport/test_fresh_machine.py; done
 	$(MAKE) --no-print-directory test-vm
 
 # The CUSE suite, inside one boot of a stock Debian kernel (this host's kernel has
 # no CUSE).  TMPDIR=/dev/shm: the guest's /tmp is the host's over 9p, where pytest's
 # capture files break as soon as a test prints (a time limit's stack dump).  A VM that cannot boot skips it with a warning, unless PYKLD_REQUIRE_VM=1.
+# One boot runs the suite once per request loop.
 test-vm: $(STAMP)
-	@PYKLD_REQUIRE_CUSE=1 tools/vm-run --timeout 1500 -- env TMPDIR=/dev/shm $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/cuse; \
+	@PYKLD_REQUIRE_CUSE=1 tools/vm-run --timeout 2400 -- sh -c 'set -e; for loop in $(LOOPS); do \
+		echo "make: the CUSE suite, PYKLD_LOOP=$$loop"; \
+		PYKLD_LOOP=$$loop TMPDIR=/dev/shm $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider tests/cuse; done'; \
 	rc=$$?; \
 	if [ $$rc = 125 ] && [ "$${PYKLD_REQUIRE_VM:-0}" != 1 ]; then \
 		echo "make: the CUSE VM did not boot here: CUSE tests NOT run (PYKLD_REQUIRE_VM=1 makes this a failure)"; \

@@ -43,6 +43,7 @@ log = StderrLog("floor")
 def serve_floor(dev_dir: str) -> None:
     """The floor daemon itself (run with --serve DIR)."""
     sys.path.insert(0, str(ROOT / "src"))
+    os.environ["PYKLD_LOOP"] = "python"  # the floor replaces a table entry of the Python loop
     from pykld import Kernel
     from pykld.fuse import abi
     from pykld.transport.fuse import FuseTransport

@@ -1,6 +1,8 @@
 """One request loop for every opcode: Session decodes each request with the decoder its
 opcode's table entry names (fuse/request's fused one for READ and WRITE) and answers with
-the entry's handler.  Replies are read back from a pipe standing in for /dev/fuse."""
+the entry's handler.  Replies are read back from a pipe standing in for /dev/fuse.  Each
+test runs on both loops (request_loop): the compiled one decodes READ and WRITE in C and
+must answer malformed ones exactly as the Python decoders do."""
 
 from __future__ import annotations
 
@@ -55,7 +57,8 @@ class Loop:
         self.rfd, wfd = os.pipe()
         os.set_blocking(self.rfd, False)
         self.logged: list[str] = []
-        self.session = Session(wfd, self.ops.handlers(), 1 << 16, log=self.logged.append)
+        self.session = Session(wfd, self.ops.handlers(), 1 << 16, log=self.logged.append,
+                               entries=self.ops.compiled_entries())
         self.ops.attach(self.session)
         self.buf = bytearray(1 << 16)
 
@@ -79,12 +82,13 @@ class Loop:
 
 
 @pytest.fixture
-def loop(tmp_path: Path) -> Iterator[Loop]:
+def loop(tmp_path: Path, request_loop: str) -> Iterator[Loop]:
     path = tmp_path / "echo.py"
     path.write_text(DRIVER)
     kernel = Kernel()
     kernel.kldload(str(path))
     served = Loop(kernel)
+    assert served.session.loop == request_loop
     try:
         yield served
     finally:
@@ -154,7 +158,7 @@ def test_the_opcode_is_both_bytes_of_its_field(loop: Loop) -> None:
     assert loop.reply() == (errno.ENOSYS, 71, b"")
 
 
-def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno() -> None:
+def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno(request_loop: str) -> None:
     rfd, wfd = os.pipe()
     os.set_blocking(rfd, False)
     raised: list[OSError] = []
@@ -180,7 +184,7 @@ def test_a_handler_errno_reaches_the_caller_as_it_is_unless_it_is_no_errno() -> 
         os.close(wfd)
 
 
-def test_a_channel_that_is_gone_ends_the_session() -> None:
+def test_a_channel_that_is_gone_ends_the_session(request_loop: str) -> None:
     # readv on a descriptor not open for reading fails with EBADF, as on a closed
     # channel: the reader stops, and the session says it has finished.
     rfd, wfd = os.pipe()

@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from pykld import Kernel
-from pykld.fuse import abi
 from pykld.transport.fuse import FuseTransport
 
 from .conftest import (
@@ -212,24 +211,24 @@ def test_interrupt_that_overtakes_its_read_still_gives_eintr(fuse: tuple[Kernel,
     assert session is not None
     served = set()
     seen = threading.Condition()
-    decode_interrupt, do_interrupt = session.table[abi.Opcode.INTERRUPT]
-    decode_read, do_read = session.table[abi.Opcode.READ]
+    handler = transport.handler
+    interrupt, read_chunks = handler.interrupt, handler.read_chunks
 
-    def interrupt_and_tell(req):  # type: ignore[no-untyped-def]
-        result = do_interrupt(req)
+    def interrupt_and_tell(target: int) -> None:
+        interrupt(target)
         with seen:
-            served.add(req.args.unique)
+            served.add(target)
             seen.notify_all()
-        return result
 
-    def read_after_its_interrupt(io):  # type: ignore[no-untyped-def]
-        unique = io[0]
+    def read_after_its_interrupt(unique: int, *rest: int) -> list[bytes]:
         with seen:
             seen.wait_for(lambda: unique in served, timeout=5)
-        return do_read(io)
+        return read_chunks(unique, *rest)  # type: ignore[arg-type]
 
-    session.table[abi.Opcode.INTERRUPT] = (decode_interrupt, interrupt_and_tell)
-    session.table[abi.Opcode.READ] = (decode_read, read_after_its_interrupt)
+    # Both loops call these: the Python one through do_read/do_interrupt, the compiled one directly.
+    handler.interrupt = interrupt_and_tell  # type: ignore[method-assign]
+    handler.read_chunks = read_after_its_interrupt  # type: ignore[method-assign,assignment]
+    session.set_entries(handler.compiled_entries())
     done = subprocess.run([sys.executable, "-c", READ_WITH_ALARM, transport.device_path("sleepy")],
                           capture_output=True, text=True, timeout=30)
     assert served  # the interrupt did come first

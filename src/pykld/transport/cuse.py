@@ -206,7 +206,8 @@ class CuseChannel:
         self.handler = CuseHandler(kernel, cdev)
         self.fd = os.open("/dev/cuse", os.O_RDWR | os.O_CLOEXEC)
         self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_IO),
-                               name=f"cuse:{cdev.name}", log=lambda text: kernel.printf("kernel", text))
+                               name=f"cuse:{cdev.name}", log=lambda text: kernel.printf("kernel", text),
+                               entries=self.handler.compiled_entries())
         self.handler.attach(self.session)
 
     def start(self) -> None:

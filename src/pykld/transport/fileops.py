@@ -20,6 +20,7 @@ from pykld.fuse import abi, notify, reply
 from pykld.fuse.request import ReadIo, Request, WriteIo
 from pykld.kernel.sched import Thread
 from pykld.kernel.uaccess import ProcessMemory
+from pykld.kernel.uio import Buffer
 
 if TYPE_CHECKING:
     from pykld.kernel.devfs import Cdev
@@ -98,7 +99,15 @@ class FileOps:
 
     def open_cdev(self, req: Request, cdev: Cdev, flags: int) -> tuple[int, OpenFile]:
         """Open `cdev` for the caller of `req`; the kernel checked permissions already."""
-        file = self._serve(req, self.kernel.open_cdev, cdev, flags, req.uid, (req.gid,), req.pid, False)
+        return self.open_for(req.unique, cdev, flags, req.uid, req.gid, req.pid)
+
+    def open_for(self, unique: int, cdev: Cdev, flags: int, uid: int, gid: int, pid: int) -> tuple[int, OpenFile]:
+        """open_cdev from the fields of request `unique`, as the compiled loop has them."""
+        td = self._thread(unique)
+        try:
+            file = self.kernel.open_cdev(cdev, flags, uid, (gid,), pid, False, td=td)
+        finally:
+            self._inflight.pop(unique, None)
         fh = next(self._fhs)
         self.files[fh] = file
         return fh, file
@@ -141,8 +150,18 @@ class FileOps:
     # READ and WRITE, the requests that carry data, come decoded by fuse/request's
     # fused decoders (a plain tuple, no Request) and answer with the reply built in place.
 
+    # The compiled loop (pykld._loop) calls read_chunks and write_count itself, with
+    # the request's fields as plain ints (compiled_entries); the Python loop comes
+    # through do_read and do_write.
+
     def do_read(self, io: ReadIo) -> Reply:
-        unique, fh, offset, size, flags = io
+        return reply.data(io[0], self.read_chunks(*io))
+
+    def do_write(self, io: WriteIo) -> Reply:
+        return reply.write(io[0], self.write_count(*io))
+
+    def read_chunks(self, unique: int, fh: int, offset: int, size: int, flags: int) -> list[Buffer]:
+        """READ: the driver's data, as the reply's payload buffers."""
         file, offset = self._io_file(fh, offset)
         td = self._thread(unique)
         try:
@@ -150,10 +169,10 @@ class FileOps:
         finally:
             self._inflight.pop(unique, None)
         self._moved(fh, file, uio.offset)
-        return reply.data(unique, uio.chunks)
+        return uio.chunks
 
-    def do_write(self, io: WriteIo) -> Reply:
-        unique, fh, offset, data, flags = io
+    def write_count(self, unique: int, fh: int, offset: int, data: Buffer, flags: int) -> int:
+        """WRITE: the bytes the driver took."""
         file, offset = self._io_file(fh, offset)
         td = self._thread(unique)
         try:
@@ -161,7 +180,7 @@ class FileOps:
         finally:
             self._inflight.pop(unique, None)
         self._moved(fh, file, offset + count)
-        return reply.write(unique, count)
+        return count
 
     def _io_file(self, fh: int, offset: int) -> tuple[OpenFile, int]:
         """The open file of a READ or WRITE and the offset its driver sees: 0 for a
@@ -202,14 +221,17 @@ class FileOps:
         raise OSError(errno.ENOSYS, "flush is not needed", None)
 
     def do_release(self, req: Request) -> Reply:
-        self.drop_open_state(req.args.fh)
-        file = self.files.pop(req.args.fh, None)
+        self.release_fh(req.unique, req.args.fh)
+        return reply.empty(req.unique)
+
+    def release_fh(self, unique: int, fh: int) -> None:
+        self.drop_open_state(fh)
+        file = self.files.pop(fh, None)
         if file is not None:
             try:
                 file.close()
             except OSError as exc:  # release has no caller left to tell
                 self.log(f"close of {file.cdev.path} failed: {exc}")
-        return reply.empty(req.unique)
 
     def drop_open_state(self, fh: int) -> None:
         """The open `fh` is gone: drop what is kept for it."""
@@ -217,7 +239,11 @@ class FileOps:
             self.positions.pop(fh, None)
 
     def do_interrupt(self, req: Request) -> Reply:
-        target = req.args.unique
+        self.interrupt(req.args.unique)
+        return None
+
+    def interrupt(self, target: int) -> None:
+        """FUSE_INTERRUPT of request `target`."""
         td = self._inflight.get(target)
         if td is not None:
             td.interrupt(errno.EINTR)
@@ -228,7 +254,6 @@ class FileOps:
                 self._early[target] = None
                 while len(self._early) > _EARLY_INTERRUPTS:
                     self._early.popitem(last=False)
-        return None
 
     def do_fsync(self, req: Request) -> Reply:
         return reply.empty(req.unique)
@@ -241,6 +266,26 @@ class FileOps:
                 file.close()
             except OSError:
                 pass
+
+    def compiled_entries(self) -> dict[int, Any]:
+        """What the compiled loop serves without a Request (src/pykld/_ext/dispatch.c):
+        opcode -> entry point taking plain ints, None (FORGET: nothing to do) or an
+        errno (FLUSH's answer).  A subclass that overrides a do_ method keeps that
+        opcode in Python: its override is what serves it then."""
+        op = abi.Opcode
+        mine = type(self)
+        entries: dict[int, Any] = {}
+        if mine.do_read is FileOps.do_read:
+            entries[op.READ] = self.read_chunks
+        if mine.do_write is FileOps.do_write:
+            entries[op.WRITE] = self.write_count
+        if mine.do_release is FileOps.do_release:
+            entries[op.RELEASE] = self.release_fh
+        if mine.do_interrupt is FileOps.do_interrupt:
+            entries[op.INTERRUPT] = self.interrupt
+        if mine.do_flush is FileOps.do_flush:
+            entries[op.FLUSH] = errno.ENOSYS
+        return entries
 
     def handlers(self) -> dict[int, Any]:
         op = abi.Opcode

@@ -87,6 +87,10 @@ class DevfsHandler(FileOps):
             table[refused] = self.do_refuse
         return table
 
+    def compiled_entries(self) -> dict[int, Any]:
+        op = abi.Opcode
+        return {**super().compiled_entries(), op.OPEN: self.open_node, op.FORGET: None, op.BATCH_FORGET: None}
+
     # -- the node table ----------------------------------------------------------------
 
     def track(self, what: str, cdev: Cdev) -> None:
@@ -214,12 +218,16 @@ class DevfsHandler(FileOps):
         return reply.attr(req.unique, self._attr(req.nodeid), TIMEOUT)
 
     def do_open(self, req: Request) -> Reply:
-        cdev = self._cdevs.get(req.nodeid)
+        return reply.open(req.unique, *self.open_node(req.unique, req.nodeid, req.args.flags, req.uid, req.gid,
+                                                      req.pid))
+
+    def open_node(self, unique: int, nodeid: int, flags: int, uid: int, gid: int, pid: int) -> tuple[int, int]:
+        """OPEN of a devfs node: (fh, FOPEN flags); the compiled loop's entry point."""
+        cdev = self._cdevs.get(nodeid)
         if cdev is None or self.foreign(cdev):
-            raise OSError(errno.ENXIO if req.nodeid not in self._dir_path else errno.EISDIR,
-                          "device is gone", None)
-        fh, _ = self.open_cdev(req, cdev, req.args.flags)
-        return reply.open(req.unique, fh, self.open_flags(cdev))
+            raise OSError(errno.ENXIO if nodeid not in self._dir_path else errno.EISDIR, "device is gone", None)
+        fh, _ = self.open_for(unique, cdev, flags, uid, gid, pid)
+        return fh, self.open_flags(cdev)
 
     def do_readlink(self, req: Request) -> Reply:
         cdev = self._cdevs.get(req.nodeid)
@@ -319,7 +327,8 @@ class FuseTransport:
         self.fd = mount.mount_fuse(self.dev_dir, options)
         self.handler.connection = uring.connection_of(self.dev_dir)
         self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_WRITE, 256),
-                               name="fuse", log=lambda text: self.kernel.printf("kernel", text))
+                               name="fuse", log=lambda text: self.kernel.printf("kernel", text),
+                               entries=self.handler.compiled_entries())
         self.handler.attach(self.session)
         if self.handler.ring_wanted:
             self.handler._ensure_reader = uring.ensure_reader_here(self.session)

@@ -12,6 +12,12 @@ writev of header and payload buffers.
 Each request goes one way, as in fuser: its opcode picks an entry of one table,
 the entry's decoder (fuse/request's, chosen by decoder_for: the fused one for
 READ and WRITE, parse for the rest) decodes it, the entry's handler answers.
+
+Two loops run this (transport/loop.py, PYKLD_LOOP): the Python one below
+(_work, answer), and the compiled one of pykld._loop, which reads, decodes
+and answers READ, WRITE, OPEN, RELEASE, INTERRUPT, FORGET and FLUSH in C
+through the transport's entry points (FileOps.compiled_entries) and hands
+every other request to answer().  Both keep the reader role the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from pykld.fuse import request as fuse_request
 from pykld.fuse.abi import OUR_MINOR
 from pykld.fuse.reply import error as error_reply
 from pykld.kernel.uio import Buffer
+from pykld.transport import loop
 
 Reply: TypeAlias = bytes | Sequence[Buffer] | None
 #: Takes what its opcode's decoder returns: a Request, or ReadIo/WriteIo for READ/WRITE.
@@ -38,7 +45,8 @@ MONITOR_TICK = 0.05  # seconds a request may hold the reader role without progre
 
 class Session:
     def __init__(self, fd: int, handlers: Mapping[int, Handler], bufsize: int, name: str = "fuse",
-                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None) -> None:
+                 max_workers: int = 256, max_idle: int = 8, log: Callable[[str], None] | None = None,
+                 entries: Mapping[int, Any] | None = None) -> None:
         self.fd = fd
         # opcode -> (decoder, handler); an opcode nobody handles is parsed and refused.
         self.table: dict[int, tuple[Decoder, Handler]] = {
@@ -50,6 +58,8 @@ class Session:
         self.max_workers = max_workers
         self.max_idle = max_idle
         self.log = log or (lambda text: None)
+        # The compiled loop (src/pykld/_ext/loop.c) does _took and the quick cases of
+        # _take_reader_role itself, on these same attributes under this same lock.
         self._lock = threading.Lock()
         self._followers_wake = threading.Condition(self._lock)
         self._workers = 0
@@ -59,12 +69,24 @@ class Session:
         self._progress = 0  # requests taken so far, for the monitor
         self._stopping = False
         self.finished = threading.Event()  # set when the connection ended and every worker left
+        # The request loop (PYKLD_LOOP): the compiled one serves `entries` (opcode ->
+        # FileOps entry point) in C and the rest through answer().
+        compiled, self.loop_why = loop.choose()
+        self.loop = loop.COMPILED if compiled is not None else loop.PYTHON
+        self._compiled = compiled
+        self._dispatcher = compiled.Dispatcher(self, dict(entries or {})) if compiled is not None else None
+
+    def set_entries(self, entries: Mapping[int, Any]) -> None:
+        """New entry points for the compiled loop (a test wrapping a FileOps method)."""
+        if self._dispatcher is not None:  # in place: running workers hold this one
+            self._dispatcher.__init__(self, dict(entries))
 
     @property
     def workers(self) -> int:
         return self._workers
 
     def start(self) -> None:
+        loop.announce(self.loop_why, self.log)
         with self._lock:
             self._spawn_reader()
         threading.Thread(target=self._monitor, name=f"pykld-{self.name}-monitor", daemon=True).start()
@@ -83,7 +105,8 @@ class Session:
             return
         self._workers += 1
         self._readers += 1
-        threading.Thread(target=self._work, name=f"pykld-{self.name}", daemon=True).start()
+        work = self._work if self._dispatcher is None else self._work_compiled
+        threading.Thread(target=work, name=f"pykld-{self.name}", daemon=True).start()
 
     def ensure_reader(self) -> None:
         """The request being served may block: make sure another thread reads meanwhile.
@@ -135,18 +158,33 @@ class Session:
                 if nbytes == 0:
                     self._stopping = True
                     return
-                with self._lock:
-                    self._readers -= 1
-                    self._progress += 1
+                self._took()
                 self.serve(view, nbytes)
                 if not self._take_reader_role():
                     return
         finally:
-            with self._lock:
-                self._workers -= 1
-                last = self._workers == 0
-            if last and self._stopping:
-                self.finished.set()
+            self._left()
+
+    def _work_compiled(self) -> None:
+        """_work in C: read, serve, reply, then _take_reader_role, until it says leave."""
+        try:
+            assert self._compiled is not None
+            self._compiled.work(self, self._dispatcher, self.fd, self.bufsize)
+        finally:
+            self._left()
+
+    def _took(self) -> None:
+        """A request was read: this thread serves it, no longer reads."""
+        with self._lock:
+            self._readers -= 1
+            self._progress += 1
+
+    def _left(self) -> None:
+        with self._lock:
+            self._workers -= 1
+            last = self._workers == 0
+        if last and self._stopping:
+            self.finished.set()
 
     def _take_reader_role(self) -> bool:
         """After serving: read again if nobody else does, else park as a follower.
@@ -169,13 +207,16 @@ class Session:
     # -- one request -----------------------------------------------------------------------
 
     def serve(self, view: memoryview, nbytes: int) -> None:
-        """Decode one request, run its handler, send its reply."""
+        """Serve one request and send its reply, through this session's loop."""
+        if self._dispatcher is not None:
+            self._dispatcher.serve(view, nbytes, self.fd)
+            return
         reply = self.answer(view, nbytes)
         if reply is not None:
             self.send(reply)
 
     def answer(self, view: memoryview, nbytes: int) -> Reply:
-        """Decode one request and run its handler: its reply (None: no reply), for the ring too."""
+        """Decode one request and run its handler: the reply to send, or None."""
         reply: Reply
         try:
             # Every decoder checks the length first, so a short message's opcode

@@ -30,6 +30,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from pykld.transport import loop
 from pykld.transport.session import Handler, Session
 
 PARAMETER = "/sys/module/fuse/parameters/enable_uring"
@@ -100,8 +101,13 @@ def plan(log: Callable[[str], None]) -> bool:
     wanted = mode()
     if wanted == "off":
         return False
-    if os.environ.get("PYKLD_LOOP") == "python":
-        log("fuse: io_uring: not used by the python loop (PYKLD_LOOP=python); serving /dev/fuse")
+    try:
+        compiled, _ = loop.choose()
+    except OSError as exc:  # a bad PYKLD_LOOP, or compiled without the extension
+        log(f"fuse: io_uring: no compiled loop ({exc}); serving /dev/fuse")
+        return False
+    if compiled is None:
+        log("fuse: io_uring: only with the compiled request loop (the python loop serves); serving /dev/fuse")
         return False
     if extension() is None:
         log("fuse: io_uring: the extension pykld._uring is not built; serving /dev/fuse")
@@ -143,6 +149,7 @@ class QueueSession(Session):
                  log: Callable[[str], None]) -> None:
         super().__init__(rings.fd, handlers, 0, name=f"fuse-ring{qid}", log=log)
         self.max_idle = self.max_workers  # threads keep their commands: they never leave early
+        self._dispatcher = None  # this queue's own _work below, answering through answer()
         self.minor = minor
         self.rings = rings
         self.qid = qid
