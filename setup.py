@@ -39,9 +39,13 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[Extension(
         "pykld._loop",
-        sources=sorted(glob.glob(f"{EXT}/*.c")),
+        sources=sorted(set(glob.glob(f"{EXT}/*.c")) - {f"{EXT}/uring.c"}),
         depends=sorted(glob.glob(f"{EXT}/*.h")),
         extra_compile_args=["-Wall", "-Wno-missing-braces"],
+    ), Extension(
+        "pykld._uring",  # FUSE over io_uring's ring mechanics (transport/uring.py)
+        sources=[f"{EXT}/uring.c"],
+        extra_compile_args=["-Wall"],
     )],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -430,9 +430,8 @@ def test_run_console_shows_driver_printfs_as_they_happen_and_at_unload(dev_dir: 
         assert wait_for(lambda: os.path.exists(os.path.join(dev_dir, "chatty")))
         with open(os.path.join(dev_dir, "chatty"), "rb", buffering=0) as device:
             device.read(7)
-        line = proc.stderr.readline()  # printed while the host still serves
-        if "request loop serves" in line:  # the transport's own line comes first
-            line = proc.stderr.readline()
+        # printed while the host still serves (after what the transport says of itself)
+        line = next(line for line in iter(proc.stderr.readline, "") if "chatty" in line)
         assert line.rstrip().endswith("chatty: read of 7 bytes"), line
     finally:
         proc.terminate()

@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 
 from pykld.fuse import abi, notify, reply
 from pykld.fuse.request import Request, negotiate_minor
-from pykld.transport import mount
+from pykld.kernel.sysctl import SysctlOid
+from pykld.transport import mount, uring
 from pykld.transport.fileops import FileOps
 from pykld.transport.session import Reply, Session
 
@@ -43,6 +44,7 @@ INIT_FLAGS = abi.FUSE_ASYNC_READ | abi.FUSE_BIG_WRITES | abi.FUSE_MAX_PAGES | ab
 STREAM_SIZE = (1 << 63) - 1
 STREAM_BLOCKS = STREAM_SIZE // 512 + 1  # not sparse: cp would try SEEK_DATA on it, and fail
 PARALLEL_WRITES_MINOR = 38  # FUSE 7.38, Linux 6.2: FOPEN_PARALLEL_DIRECT_WRITES
+RING_MINOR = 36  # the first minor whose INIT reply carries flags2, where FUSE_OVER_IO_URING is
 DEFAULT_DEV_DIR = "/run/pykld/dev"
 
 
@@ -66,6 +68,9 @@ class DevfsHandler(FileOps):
         # symlink to where that transport put them (link_of), or not at all (None).
         self.foreign: Callable[[Cdev], bool] = lambda cdev: False
         self.link_of: Callable[[Cdev], str | None] = lambda cdev: None
+        self.ring_wanted = False  # FuseTransport's plan: offer FUSE over io_uring at INIT
+        self.connection: int | None = None  # the connection's number in fusectl (its device minor)
+        self.rings: uring.RingServer | None = None
 
     def handlers(self) -> dict[int, Any]:
         op = abi.Opcode
@@ -152,6 +157,11 @@ class DevfsHandler(FileOps):
 
     def do_init(self, req: Request) -> Reply:
         minor = negotiate_minor(req.args)
+        flags = INIT_FLAGS & req.args.flags
+        rings = self._rings_for(req) if self.ring_wanted else None
+        if rings is not None:
+            flags |= uring.FUSE_OVER_IO_URING
+            minor = max(minor, RING_MINOR)
         self.session.minor = minor
         self.parallel_writes = req.args.minor >= PARALLEL_WRITES_MINOR
         if not self.parallel_writes:
@@ -159,9 +169,29 @@ class DevfsHandler(FileOps):
                      " each device: a writer waiting behind one asleep in its driver cannot be"
                      " interrupted, or killed, until that one returns (parallel writes need FUSE"
                      f" 7.{PARALLEL_WRITES_MINOR}, Linux 6.2; CUSE has no such limit)")
-        return reply.init(req.unique, minor=minor, max_readahead=req.args.max_readahead,
-                          flags=INIT_FLAGS & req.args.flags, max_background=64,
-                          congestion_threshold=48, max_write=MAX_WRITE)
+        answer = reply.init(req.unique, minor=minor, max_readahead=req.args.max_readahead,
+                            flags=flags, max_background=64, congestion_threshold=48, max_write=MAX_WRITE)
+        if rings is None:
+            return answer
+        # The kernel takes ring entries only once it has our INIT reply.
+        self.session.send(answer)
+        rings.connection = self.connection
+        self.rings = rings
+        rings.start(self.handlers(), minor)
+        return None
+
+    def _rings_for(self, req: Request) -> uring.RingServer | None:
+        """The rings this connection will be served over, set up before the INIT reply
+        promises them (the kernel then holds every request until they are registered)."""
+        if not req.args.flags & uring.FUSE_OVER_IO_URING:
+            self.log(f"fuse: io_uring: the kernel did not offer it at INIT (FUSE 7.{req.args.minor});"
+                     " serving /dev/fuse")
+            return None
+        try:
+            return uring.RingServer(self.session.fd, MAX_WRITE, self.log)
+        except OSError as exc:
+            self.log(f"fuse: io_uring: no rings ({exc.strerror}); serving /dev/fuse")
+            return None
 
     def do_lookup(self, req: Request) -> Reply:
         parent = self._dir_path.get(req.nodeid)
@@ -262,6 +292,21 @@ class FuseTransport:
         self._events: queue.Queue[tuple[str, Cdev] | None] = queue.Queue()
         self._bound: dict[str, list[str]] = {}  # /dev path -> directories we created for it
         self._worker: threading.Thread | None = None
+        self._sysctls: list[SysctlOid] = []
+
+    def _ring_sysctls(self) -> list[SysctlOid]:
+        handler = self.handler
+
+        def requests() -> int:
+            return handler.rings.requests if handler.rings is not None else 0
+
+        def rings() -> int:
+            served = handler.rings
+            return len(served.queues) if served is not None and not served.failed.is_set() else 0
+        return [SysctlOid("kern.fuse.uring.requests", "uint", "requests served over FUSE's io_uring", requests,
+                          None, None),
+                SysctlOid("kern.fuse.uring.rings", "uint", "io_uring queues serving FUSE (0: /dev/fuse only)", rings,
+                          None, None)]
 
     def device_path(self, cdev_name: str) -> str:
         """Where callers find the device."""
@@ -278,11 +323,20 @@ class FuseTransport:
         if mount.allow_other_permitted():
             options += ",allow_other"
         options += f",max_read={MAX_WRITE}"
+        self.handler.ring_wanted = uring.plan(lambda text: self.kernel.printf("kernel", text))
         self.fd = mount.mount_fuse(self.dev_dir, options)
+        self.handler.connection = uring.connection_of(self.dev_dir)
         self.session = Session(self.fd, self.handler.handlers(), abi.read_buffer_size(MAX_WRITE, 256),
                                name="fuse", log=lambda text: self.kernel.printf("kernel", text),
                                entries=self.handler.compiled_entries())
         self.handler.attach(self.session)
+        if self.handler.ring_wanted:
+            self.handler._ensure_reader = uring.ensure_reader_here(self.session)
+        for oid in self._ring_sysctls():
+            try:
+                self._sysctls.append(self.kernel.sysctl_add(oid))
+            except OSError:
+                pass  # another FUSE transport of this kernel shows its own
         for cdev in self.kernel.devfs:
             self._on_devfs("create", cdev)
         self.kernel.devfs.subscribe(self._on_devfs)
@@ -357,10 +411,15 @@ class FuseTransport:
             except OSError as exc:
                 failed = exc
                 self.kernel.printf("kernel", f"unmount {self.dev_dir}: {exc.strerror}")
+            if self.handler.rings is not None:
+                self.handler.rings.stop()  # before /dev/fuse is closed: its commands hold it open
             if self.session is not None:
                 self.session.finished.wait(5)
             self.handler.close_all()
             os.close(self.fd)
             self.fd = -1
+        for oid in self._sysctls:
+            self.kernel.sysctl_remove(oid)
+        self._sysctls = []
         if failed is not None:
             raise OSError(errno.EBUSY, f"{self.dev_dir} is still mounted: {failed.strerror}", None)
