@@ -17,7 +17,7 @@ ALLOWED = {
     "kpi": {"kpi", "kernel"},
     "bus": {"bus", "kpi"},  # emulated buses above the KPI; drivers import them
     "tty": {"tty", "kpi", "kernel"},  # serial ports above the KPI; drivers import them
-    "transport": {"transport", "kernel", "fuse"},
+    "transport": {"transport", "kernel", "fuse", "_ext"},  # _ext: their compiled half, the C extensions
     "kld": {"kld", "kernel", "transport", "fuse", "testing"},
     "testing": {"testing", "", "kpi", "kernel", "transport"},  # the pytest plugin and record/replay
     "": {"", "kernel", "kpi"},  # pykld/__init__.py: the kernel and the KPI, the package's face
@@ -46,8 +46,14 @@ def pykld_imports(path: Path) -> list[str]:
     return names
 
 
+# The C extensions built from src/pykld/_ext/: the request loops, which only transports run.
+EXTENSIONS = {"_loop", "_uring"}
+
+
 def target_layer(name: str) -> str:
     head = name.split(".")[0]
+    if head in EXTENSIONS:
+        return "_ext"
     return head if (SRC / head).is_dir() else ""
 
 
