@@ -91,11 +91,12 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         choose_transport(wanted)  # skips (or fails) before any fixture mounts anything
 
 
-def _check_leaks(request: pytest.FixtureRequest, kernel: Kernel) -> None:
-    """Unload everything; fail the test on the leaks its marker does not allow."""
+def _check_leaks(request: pytest.FixtureRequest, kernel: Kernel, kept: frozenset[str] = frozenset()) -> None:
+    """Unload everything; fail the test on the leaks its marker does not allow.
+    `kept`: sysctl nodes there before the test (a transport's own), not leaks."""
     marker = request.node.get_closest_marker("pykld_leaks")
     allowed = tuple(marker.kwargs.get("allow", ())) if marker is not None else ()
-    leaks = [leak for leak in unload_all(kernel) if not leak.startswith(allowed)]
+    leaks = [leak for leak in unload_all(kernel, kept=kept) if not leak.startswith(allowed)]
     if leaks:
         tail = "\n".join(kernel.dmesg()[-DMESG_TAIL:])
         pytest.fail("pykld: the test left behind:\n  " + "\n  ".join(leaks) + f"\ndmesg (last lines):\n{tail}",
@@ -141,8 +142,10 @@ def pykld_host(request: pytest.FixtureRequest) -> Iterator[Host]:
     transport = registry.make_transport(kernel, choice.name, dev_dir, bind=False)
     try:
         transport.start()
+        # The transport's own nodes (FUSE's kern.fuse.uring.*) live as long as it does.
+        kept = frozenset(oid.name for oid in kernel.sysctl_list())
         yield Host(kernel, transport, choice.how)
-        _check_leaks(request, kernel)
+        _check_leaks(request, kernel, kept)
     finally:
         kernel.shutdown()  # a no-op after the leak check; the test failing before it is why it is here
         transport.stop()
