@@ -16,16 +16,27 @@
  * protocol (Linux 6.14), so that part is defined here, from the kernel's uapi.
  *
  * The arena, one anonymous mapping for every entry of every queue, is this
- * object's buffer: Python's memoryviews of it keep it mapped, so a driver
- * holding a WRITE's data past its request never reads freed memory.  Entry
- * layout, one page of headers then the payload:
+ * object's buffer: Python's memoryviews of it (wait()'s callers) keep it
+ * mapped.  serve() hands a WRITE's data to the driver as dispatch.c's view of
+ * the raw payload, as the classic loop does of its buffer: valid while the
+ * Ring lives (RingServer keeps it), and a driver must not keep it past its
+ * request anyway.  Entry layout, one page of headers then the payload:
  *
  *   [ fuse_uring_req_header ... | fuse_in_header + op args ][ payload ... ]
  *                                ^ start: the request rebuilt contiguous,
  *                                  ending where the kernel put the payload
  *
  * so Python's decoders see one classic FUSE message and WRITE data is never
- * copied.  Threads: any thread may wait (one at a time per queue) or commit;
+ * copied.
+ *
+ * Two ways to serve a queue.  serve(), the C loop each ring thread runs: wait
+ * for a completion with the GIL released, take the GIL, pykld_dispatch()
+ * (dispatch.h: Python only for the driver's operation and for what it hands
+ * to the session's answer()), the out header into the entry's header area and
+ * the payload straight into its payload buffer (pykld_reply_copy), release
+ * the reply, commit-and-fetch with the GIL released, then the Session's
+ * reader role (loop.c's helpers).  Or wait() and commit() from Python.
+ * Threads: any thread may wait (one at a time per queue) or commit;
  * the submitter of an entry's command is the thread whose task runs the
  * kernel's work for it, so callers keep their threads alive while the ring is.
  */
