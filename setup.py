@@ -39,13 +39,11 @@ class OptionalBuildExt(build_ext):
 setup(
     ext_modules=[Extension(
         "pykld._loop",
-        sources=sorted(set(glob.glob(f"{EXT}/*.c")) - {f"{EXT}/uring.c"}),
+        # uring.c (FUSE over io_uring, transport/uring.py) too: its ring threads serve
+        # through dispatch.c directly
+        sources=sorted(glob.glob(f"{EXT}/*.c")),
         depends=sorted(glob.glob(f"{EXT}/*.h")),
         extra_compile_args=["-Wall", "-Wno-missing-braces"],
-    ), Extension(
-        "pykld._uring",  # FUSE over io_uring's ring mechanics (transport/uring.py)
-        sources=[f"{EXT}/uring.c"],
-        extra_compile_args=["-Wall"],
     )],
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -1,4 +1,4 @@
-"""FUSE over io_uring (transport/uring.py, pykld._uring): data, interrupts, opens, teardown,
+"""FUSE over io_uring (transport/uring.py, pykld._loop's Ring): data, interrupts, opens, teardown,
 and the selection by PYKLD_FUSE_URING and fuse.enable_uring.
 
 Needs root, /dev/fuse, a kernel with FUSE over io_uring (Linux >= 6.14) and the built
@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from pykld import Kernel
+from pykld.fuse.abi import Opcode
 from pykld.transport import loop, uring
 from pykld.transport.fuse import FuseTransport
 
@@ -41,7 +42,7 @@ def parameter() -> Iterator[str]:
     require_root()
     require_fuse()
     require("FUSE_URING", uring.parameter() is not None, "this kernel has no FUSE over io_uring")
-    require("FUSE_URING", uring.extension() is not None, "the extension pykld._uring is not built")
+    require("FUSE_URING", uring.extension() is not None, "the extension pykld._loop (its Ring) is not built")
     if loop.choose()[0] is None:  # the suite's python-loop run: a choice, not a missing capability
         pytest.skip("FUSE over io_uring serves with the compiled request loop only")
     found = uring.parameter()
@@ -94,6 +95,32 @@ def test_pread_pwrite_at_offsets_go_over_the_ring(ring: tuple[Kernel, FuseTransp
         assert requests(kernel) - before >= 7  # every pread and pwrite came over a ring
     finally:
         os.close(fd)
+
+
+def test_the_ring_serves_the_common_requests_in_c(ring: tuple[Kernel, FuseTransport],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """READ, WRITE, OPEN and RELEASE over the ring go through the compiled dispatch: the
+    Python answer() (the slower path every ring request took before) never sees them."""
+    kernel, transport = ring
+    kernel.kldload(str(EXAMPLES / "membuf.py"))
+    transport.settle()
+    answered: list[int] = []
+    python_answer = uring.QueueSession.answer
+
+    def answer(self: uring.QueueSession, view: memoryview, nbytes: int) -> object:
+        answered.append(view[4] | view[5] << 8)
+        return python_answer(self, view, nbytes)
+
+    monkeypatch.setattr(uring.QueueSession, "answer", answer)
+    before = requests(kernel)
+    for _ in range(5):
+        fd = os.open(transport.device_path("membuf"), os.O_RDWR)
+        assert os.pwrite(fd, b"ring", 0) == 4
+        assert os.pread(fd, 4, 0) == b"ring"
+        os.close(fd)
+    assert requests(kernel) - before >= 20
+    common = {Opcode.READ, Opcode.WRITE, Opcode.OPEN, Opcode.RELEASE}
+    assert not common & set(answered), answered
 
 
 def test_signal_interrupts_a_read_asleep_in_the_driver_over_the_ring(ring: tuple[Kernel, FuseTransport],

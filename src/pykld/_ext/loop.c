@@ -110,11 +110,8 @@ int pykld_serve_message(pykld_dispatcher *d, char *buf, size_t nbytes, int fd) {
     return rc;
 }
 
-/* The Session's state this loop touches: its lock and four of its counters. */
-typedef struct {
-    PyObject *session, *acquire, *release, *take_role;
-} roles;
-
+/* The Session's state this loop touches: its lock and four of its counters
+ * (the roles struct is in loop.h: the ring's loop, uring.c, shares it). */
 static PyObject *s_readers, *s_progress, *s_promotions, *s_stopping;
 
 static int counter(PyObject *session, PyObject *name, long *value) {
@@ -146,7 +143,7 @@ static int unlock(roles *r, int rc) {
 }
 
 /* Session._took: this thread serves the request it read, no longer reads. */
-static int took(roles *r) {
+int pykld_took(roles *r) {
     long readers, progress;
     if (lock(r) < 0) return -1;
     int rc = counter(r->session, s_readers, &readers) < 0 || counter(r->session, s_progress, &progress) < 0 ||
@@ -156,7 +153,7 @@ static int took(roles *r) {
 }
 
 /* Session._take_reader_role: 1 to read again, 0 to leave; its fast cases here. */
-static int take_role(roles *r) {
+int pykld_take_role(roles *r) {
     long readers, promotions;
     if (lock(r) < 0) return -1;
     int rc = 2; /* 2: ask the Python method (park, leave, or an error) */
@@ -180,7 +177,26 @@ static int take_role(roles *r) {
     return rc;
 }
 
-static int set_stopping(PyObject *session) {
+int pykld_roles_init(roles *r, PyObject *session) {
+    r->session = session;
+    r->acquire = r->release = r->take_role = NULL;
+    PyObject *lock_obj = PyObject_GetAttrString(session, "_lock");
+    if (lock_obj != NULL) {
+        r->acquire = PyObject_GetAttrString(lock_obj, "acquire");
+        r->release = PyObject_GetAttrString(lock_obj, "release");
+        Py_DECREF(lock_obj);
+    }
+    r->take_role = PyObject_GetAttrString(session, "_take_reader_role");
+    return r->acquire && r->release && r->take_role ? 0 : -1;
+}
+
+void pykld_roles_clear(roles *r) {
+    Py_CLEAR(r->acquire);
+    Py_CLEAR(r->release);
+    Py_CLEAR(r->take_role);
+}
+
+int pykld_set_stopping(PyObject *session) {
     return PyObject_SetAttrString(session, "_stopping", Py_True);
 }
 
@@ -197,15 +213,8 @@ static PyObject *loop_work(PyObject *module, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "bufsize smaller than a request header");
         return NULL;
     }
-    roles r = {session, NULL, NULL, NULL};
-    PyObject *lock_obj = PyObject_GetAttrString(session, "_lock");
-    if (lock_obj != NULL) {
-        r.acquire = PyObject_GetAttrString(lock_obj, "acquire");
-        r.release = PyObject_GetAttrString(lock_obj, "release");
-        Py_DECREF(lock_obj);
-    }
-    r.take_role = PyObject_GetAttrString(session, "_take_reader_role");
-    char *buf = r.acquire && r.release && r.take_role ? buffer_get((size_t)bufsize) : NULL;
+    roles r;
+    char *buf = pykld_roles_init(&r, session) == 0 ? buffer_get((size_t)bufsize) : NULL;
     PyObject *result = NULL;
     if (buf == NULL) {
         if (!PyErr_Occurred()) PyErr_NoMemory();
@@ -223,21 +232,19 @@ static PyObject *loop_work(PyObject *module, PyObject *args) {
             continue; /* ENOENT: the request was interrupted before we read it; EINTR */
         }
         if (n == 0) break;
-        if (took(&r) < 0) goto out;
+        if (pykld_took(&r) < 0) goto out;
         if (pykld_serve_message(d, buf, (size_t)n, fd) < 0) goto out;
-        int again = take_role(&r);
+        int again = pykld_take_role(&r);
         if (again < 0) goto out;
         if (!again) {
             result = Py_None;
             goto out;
         }
     }
-    if (set_stopping(session) == 0) result = Py_None; /* the connection is over */
+    if (pykld_set_stopping(session) == 0) result = Py_None; /* the connection is over */
 out:
     if (buf) buffer_put(buf, (size_t)bufsize);
-    Py_XDECREF(r.acquire);
-    Py_XDECREF(r.release);
-    Py_XDECREF(r.take_role);
+    pykld_roles_clear(&r);
     Py_XINCREF(result);
     return result;
 }
@@ -263,6 +270,10 @@ PyMODINIT_FUNC PyInit__loop(void) {
     if (!s_readers || !s_progress || !s_promotions || !s_stopping) return NULL;
     PyObject *m = PyModule_Create(&loop_module);
     if (m == NULL) return NULL;
+    if (pykld_uring_add(m) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
     Py_INCREF(&pykld_DispatcherType);
     if (PyModule_AddObject(m, "Dispatcher", (PyObject *)&pykld_DispatcherType) < 0) {
         Py_DECREF(&pykld_DispatcherType);

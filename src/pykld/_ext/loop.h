@@ -27,4 +27,18 @@ void pykld_log(pykld_dispatcher *d, PyObject *text);
  * -1 with an exception set when a BaseException must go on up. */
 int pykld_serve_message(pykld_dispatcher *d, char *buf, size_t nbytes, int fd);
 
+/* A Session's leader/follower bookkeeping, done in C on its own attributes
+ * under its own lock (loop.c): the classic loop's and the ring's (uring.c). */
+typedef struct {
+    PyObject *session, *acquire, *release, *take_role;
+} roles;
+int pykld_roles_init(roles *r, PyObject *session); /* -1 with an exception set */
+void pykld_roles_clear(roles *r);
+int pykld_took(roles *r);      /* Session._took */
+int pykld_take_role(roles *r); /* Session._take_reader_role: 1 serve again, 0 leave, -1 error */
+int pykld_set_stopping(PyObject *session);
+
+/* FUSE over io_uring (uring.c): adds the Ring type to the module. */
+int pykld_uring_add(PyObject *module);
+
 #endif

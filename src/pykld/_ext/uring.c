@@ -16,21 +16,31 @@
  * protocol (Linux 6.14), so that part is defined here, from the kernel's uapi.
  *
  * The arena, one anonymous mapping for every entry of every queue, is this
- * object's buffer: Python's memoryviews of it keep it mapped, so a driver
- * holding a WRITE's data past its request never reads freed memory.  Entry
- * layout, one page of headers then the payload:
+ * object's buffer: Python's memoryviews of it (wait()'s callers) keep it
+ * mapped.  serve() hands a WRITE's data to the driver as dispatch.c's view of
+ * the raw payload, as the classic loop does of its buffer: valid while the
+ * Ring lives (RingServer keeps it), and a driver must not keep it past its
+ * request anyway.  Entry layout, one page of headers then the payload:
  *
  *   [ fuse_uring_req_header ... | fuse_in_header + op args ][ payload ... ]
  *                                ^ start: the request rebuilt contiguous,
  *                                  ending where the kernel put the payload
  *
  * so Python's decoders see one classic FUSE message and WRITE data is never
- * copied.  Threads: any thread may wait (one at a time per queue) or commit;
+ * copied.
+ *
+ * Two ways to serve a queue.  serve(), the C loop each ring thread runs: wait
+ * for a completion with the GIL released, take the GIL, pykld_dispatch()
+ * (dispatch.h: Python only for the driver's operation and for what it hands
+ * to the session's answer()), the out header into the entry's header area and
+ * the payload straight into its payload buffer (pykld_reply_copy), release
+ * the reply, commit-and-fetch with the GIL released, then the Session's
+ * reader role (loop.c's helpers).  Or wait() and commit() from Python.
+ * Threads: any thread may wait (one at a time per queue) or commit;
  * the submitter of an entry's command is the thread whose task runs the
  * kernel's work for it, so callers keep their threads alive while the ring is.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "loop.h" /* Python.h, the dispatch contract, the Session's roles */
 
 #include <errno.h>
 #include <linux/io_uring.h>
@@ -422,12 +432,10 @@ PyDoc_STRVAR(wait_doc,
              "one classic FUSE message at memoryview(ring)[start:start+nbytes]; answer it with\n"
              "commit(qid, entry, reply).  None when the connection is over (or wake() was called).");
 
-static PyObject *Ring_wait(RingObject *r, PyObject *arg)
+/* Waits, without the GIL, for the next completion on q: 1 with *ent set, 0 when the
+ * connection is over (or woken), -errno when io_uring_enter fails. */
+static int queue_wait(RingObject *r, struct queue *q, unsigned *ent)
 {
-    unsigned qid = (unsigned)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred() || check_qid(r, qid) < 0)
-        return NULL;
-    struct queue *q = &r->queues[qid];
     int64_t res = 0;
     uint64_t data = 0;
     int err = 0;
@@ -453,31 +461,61 @@ static PyObject *Ring_wait(RingObject *r, PyObject *arg)
     }
     pthread_mutex_unlock(&q->cq_lock);
     Py_END_ALLOW_THREADS
-    if (err) {
-        errno = err;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    if (err)
+        return -err;
     if (data == WAKE_DATA || res < 0 || data >= r->depth)
-        Py_RETURN_NONE; /* ENOTCONN / ECANCELED: the connection ended; or woken */
-    unsigned ent = (unsigned)data;
+        return 0; /* ENOTCONN / ECANCELED: the connection ended; or woken */
+    *ent = (unsigned)data;
+    return 1;
+}
+
+/* The request entry ent holds: its commit id noted, its length checked.  The op args
+ * are what the header's length leaves beside the payload.  -1 when malformed. */
+static int entry_take(RingObject *r, unsigned qid, unsigned ent, uint32_t *len, uint32_t *op_sz)
+{
+    struct queue *q = &r->queues[qid];
     struct fuse_uring_req_header *h = entry_header(r, qid, ent);
-    uint32_t len;
-    memcpy(&len, h->in_out, 4);
+    memcpy(len, h->in_out, 4);
     uint32_t payload_sz = h->ring_ent_in_out.payload_sz;
     q->commit_ids[ent] = h->ring_ent_in_out.commit_id;
-    /* The op args are what the header's length leaves beside the payload. */
-    if (len < FUSE_IN_HEADER_SZ + payload_sz || len - FUSE_IN_HEADER_SZ - payload_sz > FUSE_URING_OP_IN_OUT_SZ ||
-        payload_sz > r->payload_size) {
-        PyErr_Format(PyExc_OSError, "malformed ring request: len %u, payload %u", len, payload_sz);
-        return NULL;
-    }
-    uint32_t op_sz = len - FUSE_IN_HEADER_SZ - payload_sz;
-    char *payload = entry_payload(r, qid, ent);
-    char *start = payload - op_sz - FUSE_IN_HEADER_SZ;
-    memcpy(start, h->in_out, FUSE_IN_HEADER_SZ);
-    memcpy(start + FUSE_IN_HEADER_SZ, h->op_in, op_sz);
     q->served++;
     q->held++;
+    if (*len < FUSE_IN_HEADER_SZ + payload_sz || *len - FUSE_IN_HEADER_SZ - payload_sz > FUSE_URING_OP_IN_OUT_SZ ||
+        payload_sz > r->payload_size)
+        return -1;
+    *op_sz = *len - FUSE_IN_HEADER_SZ - payload_sz;
+    return 0;
+}
+
+/* Rebuilds the request as one classic message ending where the payload begins. */
+static char *entry_contiguous(RingObject *r, unsigned qid, unsigned ent, uint32_t op_sz)
+{
+    struct fuse_uring_req_header *h = entry_header(r, qid, ent);
+    char *start = entry_payload(r, qid, ent) - op_sz - FUSE_IN_HEADER_SZ;
+    memcpy(start, h->in_out, FUSE_IN_HEADER_SZ);
+    memcpy(start + FUSE_IN_HEADER_SZ, h->op_in, op_sz);
+    return start;
+}
+
+static PyObject *Ring_wait(RingObject *r, PyObject *arg)
+{
+    unsigned qid = (unsigned)PyLong_AsUnsignedLong(arg);
+    if (PyErr_Occurred() || check_qid(r, qid) < 0)
+        return NULL;
+    unsigned ent = 0;
+    int got = queue_wait(r, &r->queues[qid], &ent);
+    if (got < 0) {
+        errno = -got;
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    if (got == 0)
+        Py_RETURN_NONE;
+    uint32_t len, op_sz;
+    if (entry_take(r, qid, ent, &len, &op_sz) < 0) {
+        PyErr_Format(PyExc_OSError, "malformed ring request on entry %u: len %u", ent, len);
+        return NULL;
+    }
+    char *start = entry_contiguous(r, qid, ent, op_sz);
     return Py_BuildValue("(Inn)", ent, (Py_ssize_t)(start - r->arena), (Py_ssize_t)len);
 }
 
@@ -551,6 +589,33 @@ static void fill_error(RingObject *r, unsigned qid, unsigned ent, int error)
     h->ring_ent_in_out.payload_sz = 0;
 }
 
+/* Gives entry ent back with the reply in its buffers (COMMIT_AND_FETCH), the GIL
+ * released around the submission: >= 0 done, -ENOTCONN closed, -EBUSY a full ring. */
+static int queue_commit(RingObject *r, unsigned qid, unsigned ent)
+{
+    struct queue *q = &r->queues[qid];
+    int rc = 0;
+    if (q->held)
+        q->held--;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&q->sq_lock);
+    if (r->closed) {
+        rc = -ENOTCONN;
+    } else {
+        struct io_uring_sqe *sqe = queue_next_sqe(q);
+        if (!sqe) {
+            rc = -EBUSY;
+        } else {
+            prep_fuse_cmd(sqe, r->fuse_fd, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, ent, q->commit_ids[ent], &q->iov[2 * ent]);
+            queue_advance_sq(q);
+            rc = queue_submit(q, 1);
+        }
+    }
+    pthread_mutex_unlock(&q->sq_lock);
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
 PyDoc_STRVAR(commit_doc,
              "commit(qid, entry, reply) -> bool\n\n"
              "Answer the request entry holds with reply (bytes, or a sequence of buffers: the\n"
@@ -575,31 +640,115 @@ static PyObject *Ring_commit(RingObject *r, PyObject *args)
         PyErr_Clear(); /* the caller must still get an answer: a reply pykld cannot send is EIO */
         fill_error(r, qid, ent, EIO);
     }
-    struct queue *q = &r->queues[qid];
-    int rc = 0;
-    if (q->held)
-        q->held--;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&q->sq_lock);
-    if (r->closed) {
-        rc = -ENOTCONN;
-    } else {
-        struct io_uring_sqe *sqe = queue_next_sqe(q);
-        if (!sqe) {
-            rc = -EBUSY;
-        } else {
-            prep_fuse_cmd(sqe, r->fuse_fd, FUSE_IO_URING_CMD_COMMIT_AND_FETCH, qid, ent, q->commit_ids[ent], &q->iov[2 * ent]);
-            queue_advance_sq(q);
-            rc = queue_submit(q, 1);
-        }
-    }
-    pthread_mutex_unlock(&q->sq_lock);
-    Py_END_ALLOW_THREADS
+    int rc = queue_commit(r, qid, ent);
     if (rc == -EBUSY) {
         PyErr_SetString(PyExc_RuntimeError, "ring full: more commands than entries");
         return NULL;
     }
     return PyBool_FromLong(rc >= 0);
+}
+
+/* ---- the C loop: one ring thread serving its queue through pykld_dispatch() ---- */
+
+/* Serves the request entry ent holds and leaves the reply in its buffers: the out
+ * header in the header area, the payload copied straight into the payload buffer.
+ * Every request gets an answer (EIO where pykld cannot give one). */
+static void serve_entry(RingObject *r, pykld_dispatcher *d, unsigned qid, unsigned ent)
+{
+    struct fuse_uring_req_header *h = entry_header(r, qid, ent);
+    char *payload = entry_payload(r, qid, ent);
+    uint32_t len, op_sz;
+    if (entry_take(r, qid, ent, &len, &op_sz) < 0) {
+        PyObject *text = PyUnicode_FromFormat("fuse-ring%u: malformed ring request (len %u): EIO", qid, len);
+        if (text)
+            pykld_log(d, text);
+        Py_XDECREF(text);
+        PyErr_Clear();
+        fill_error(r, qid, ent, EIO);
+        return;
+    }
+    /* Contiguous, so answer()'s hand-off of an unusual request copies nothing. */
+    char *start = entry_contiguous(r, qid, ent, op_sz);
+    pykld_reply reply;
+    int rc = pykld_dispatch(d, (const struct fuse_in_header *)start, start + FUSE_IN_HEADER_SZ, op_sz, payload,
+                            len - FUSE_IN_HEADER_SZ - op_sz, &reply);
+    size_t copied = 0;
+    if (rc < 0)
+        PyErr_WriteUnraisable((PyObject *)d); /* out of memory: the contract says log and drop; EIO here */
+    if (rc == 0 && reply.send)
+        copied = pykld_reply_copy(&reply, payload, r->payload_size);
+    if (rc < 0 || !reply.send || copied == (size_t)-1) {
+        fill_error(r, qid, ent, EIO); /* the in header's unique is still in place */
+    } else {
+        memcpy(h->in_out, &reply.out, FUSE_OUT_HEADER_SZ);
+        h->ring_ent_in_out.payload_sz = (uint32_t)copied;
+    }
+    pykld_reply_release(&reply);
+}
+
+PyDoc_STRVAR(serve_doc,
+             "serve(qid, dispatcher, session) -> None\n\n"
+             "Serve queue qid in C until the connection ends or session's reader role says leave:\n"
+             "wait for a request without the GIL, serve it through dispatcher (a _loop.Dispatcher),\n"
+             "copy the reply into its entry, commit and fetch, then take the reader role again\n"
+             "(session is a transport Session: its lock and counters, as the classic loop's work()).");
+
+static PyObject *Ring_serve(RingObject *r, PyObject *args)
+{
+    unsigned qid;
+    PyObject *dobj, *session;
+    if (!PyArg_ParseTuple(args, "IOO:serve", &qid, &dobj, &session) || check_qid(r, qid) < 0)
+        return NULL;
+    pykld_dispatcher *d = pykld_dispatcher_from(dobj);
+    if (d == NULL)
+        return NULL;
+    roles role;
+    PyObject *result = NULL;
+    if (pykld_roles_init(&role, session) < 0)
+        goto out;
+    Py_INCREF(dobj); /* the session may swap its dispatcher's entries, never free it under us */
+    for (;;) {
+        unsigned ent = 0;
+        int got = queue_wait(r, &r->queues[qid], &ent);
+        if (got < 0) {
+            errno = -got;
+            PyErr_SetFromErrno(PyExc_OSError);
+            break;
+        }
+        if (got == 0)
+            goto over;
+        int took = pykld_took(&role);
+        if (took == 0)
+            serve_entry(r, d, qid, ent);
+        else
+            fill_error(r, qid, ent, EIO);
+        int rc = queue_commit(r, qid, ent);
+        if (took < 0)
+            break;
+        if (rc == -EBUSY) {
+            PyErr_SetString(PyExc_RuntimeError, "ring full: more commands than entries");
+            break;
+        }
+        if (rc < 0)
+            goto over;
+        int again = pykld_take_role(&role);
+        if (again < 0)
+            break;
+        if (!again) {
+            result = Py_None;
+            break;
+        }
+    }
+    goto done;
+over: /* the connection is over */
+    if (pykld_set_stopping(session) == 0)
+        result = Py_None;
+done:
+    Py_DECREF(dobj);
+out:
+    pykld_roles_clear(&role);
+    Py_XINCREF(result);
+    return result;
 }
 
 PyDoc_STRVAR(wake_doc, "wake(qid) -> None\n\nMake a wait(qid) in progress return None (a NOP through the ring).");
@@ -669,6 +818,7 @@ static PyMethodDef Ring_methods[] = {
     {"held", (PyCFunction)Ring_held, METH_O, held_doc},
     {"register", (PyCFunction)Ring_register, METH_O, register_doc},
     {"wait", (PyCFunction)Ring_wait, METH_O, wait_doc},
+    {"serve", (PyCFunction)Ring_serve, METH_VARARGS, serve_doc},
     {"commit", (PyCFunction)Ring_commit, METH_VARARGS, commit_doc},
     {"wake", (PyCFunction)Ring_wake, METH_O, wake_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, close_doc},
@@ -696,7 +846,7 @@ static PyGetSetDef Ring_getset[] = {
 
 static PyTypeObject RingType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "pykld._uring.Ring",
+    .tp_name = "pykld._loop.Ring",
     .tp_basicsize = sizeof(RingObject),
     .tp_dealloc = (destructor)Ring_dealloc,
     .tp_as_buffer = &Ring_as_buffer,
@@ -708,23 +858,16 @@ static PyTypeObject RingType = {
     .tp_new = PyType_GenericNew,
 };
 
-static struct PyModuleDef uring_module = {
-    PyModuleDef_HEAD_INIT, .m_name = "pykld._uring", .m_doc = "FUSE over io_uring: rings, entries, commits.",
-    .m_size = -1,
-};
-
-PyMODINIT_FUNC PyInit__uring(void)
+/* Called from PyInit__loop: FUSE over io_uring lives in pykld._loop, beside the
+ * dispatch it serves through. */
+int pykld_uring_add(PyObject *m)
 {
     if (PyType_Ready(&RingType) < 0)
-        return NULL;
-    PyObject *m = PyModule_Create(&uring_module);
-    if (!m)
-        return NULL;
+        return -1;
     Py_INCREF(&RingType);
     if (PyModule_AddObject(m, "Ring", (PyObject *)&RingType) < 0) {
         Py_DECREF(&RingType);
-        Py_DECREF(m);
-        return NULL;
+        return -1;
     }
-    return m;
+    return 0;
 }

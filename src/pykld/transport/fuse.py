@@ -177,7 +177,7 @@ class DevfsHandler(FileOps):
         self.session.send(answer)
         rings.connection = self.connection
         self.rings = rings
-        rings.start(self.handlers(), minor)
+        rings.start(self.handlers(), minor, self.compiled_entries())
         return None
 
     def _rings_for(self, req: Request) -> uring.RingServer | None:

@@ -4,12 +4,14 @@ When the kernel offers it (Linux >= 6.14 with ``fuse.enable_uring=Y``) and the
 INIT reply accepts it, the kernel queues every request on the ring of its
 caller's CPU instead of /dev/fuse: a command per entry waits in the kernel,
 completes with a request in the entry's buffers, and goes back with the reply
-in the same buffers, fetching the next (pykld._uring, the C part).  /dev/fuse
+in the same buffers, fetching the next (pykld._loop's Ring, src/pykld/_ext/uring.c).  /dev/fuse
 still carries INIT, FORGET, INTERRUPT and notifications: its reader stays, and
 INTERRUPT finds ring requests in the same in-flight table as classic ones.
 
-Each queue is served like the classic channel (Session's leader/follower): its
-thread waits for a completion with the GIL released, serves it, commits; when a
+Each queue is served like the classic channel (Session's leader/follower), in C
+(Ring.serve): its thread waits for a completion with the GIL released, serves it
+through the compiled loop's dispatcher (Python only for the driver's operation),
+copies the reply into the entry's buffers and commits; when a
 request is about to sleep in its driver, another thread takes over the queue,
 so one sleeper never stalls its CPU's other callers.  A thread that submitted a
 command must outlive it (the kernel runs the command's work in the submitter's
@@ -25,6 +27,7 @@ and never restores it behind the user's back.  Every fallback says why.
 from __future__ import annotations
 
 import errno
+import importlib
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -87,12 +90,12 @@ def mode() -> str:
 
 
 def extension() -> Any:
-    """pykld._uring, or None when it was not built."""
+    """pykld._loop, which has the Ring, or None when it was not built."""
     try:
-        from pykld import _uring
+        compiled = importlib.import_module("pykld._loop")
     except ImportError:
         return None
-    return _uring
+    return compiled if hasattr(compiled, "Ring") else None
 
 
 def plan(log: Callable[[str], None]) -> bool:
@@ -110,7 +113,7 @@ def plan(log: Callable[[str], None]) -> bool:
         log("fuse: io_uring: only with the compiled request loop (the python loop serves); serving /dev/fuse")
         return False
     if extension() is None:
-        log("fuse: io_uring: the extension pykld._uring is not built; serving /dev/fuse")
+        log("fuse: io_uring: the extension pykld._loop has no Ring; serving /dev/fuse")
         return False
     found = parameter()
     if found is None:
@@ -146,10 +149,10 @@ class QueueSession(Session):
     """One ring queue, served by threads pinned to its CPU."""
 
     def __init__(self, rings: RingServer, qid: int, handlers: Mapping[int, Handler], minor: int,
-                 log: Callable[[str], None]) -> None:
-        super().__init__(rings.fd, handlers, 0, name=f"fuse-ring{qid}", log=log)
+                 log: Callable[[str], None], entries: Mapping[int, Any]) -> None:
+        # The dispatcher (pykld._loop) serves `entries` in C, the rest through answer().
+        super().__init__(rings.fd, handlers, 0, name=f"fuse-ring{qid}", log=log, entries=entries)
         self.max_idle = self.max_workers  # threads keep their commands: they never leave early
-        self._dispatcher = None  # this queue's own _work below, answering through answer()
         self.minor = minor
         self.rings = rings
         self.qid = qid
@@ -163,6 +166,9 @@ class QueueSession(Session):
             raise OSError(errno.EAGAIN, f"{self.rings.ring.depth} requests of this CPU's ring are blocked already",
                           None)
         super().ensure_reader()
+
+    def _work_compiled(self) -> None:  # Session starts this one when a dispatcher exists
+        self._work()
 
     def _work(self) -> None:
         _serving.session = self
@@ -178,14 +184,15 @@ class QueueSession(Session):
                 if not self.rings.register(qid):
                     self._stopping = True
                     return
-            while True:
+            if self._dispatcher is not None:
+                ring.serve(qid, self._dispatcher, self)  # the loop below, in C
+                return
+            while True:  # PYKLD_LOOP=python cannot get here (plan()); kept for Ring's Python API
                 got = ring.wait(qid)
                 if got is None:
                     self._stopping = True
                     return
-                with self._lock:
-                    self._readers -= 1
-                    self._progress += 1
+                self._took()
                 entry, start, nbytes = got
                 if not ring.commit(qid, entry, self.answer(view[start:start + nbytes], nbytes)):
                     self._stopping = True
@@ -215,9 +222,9 @@ class RingServer:
         self._lock = threading.Lock()
         self._registered = 0
 
-    def start(self, handlers: Mapping[int, Handler], minor: int) -> None:
+    def start(self, handlers: Mapping[int, Handler], minor: int, entries: Mapping[int, Any]) -> None:
         """After the INIT reply: one session per queue, each registering from its own thread."""
-        self.queues = [QueueSession(self, qid, handlers, minor, self.log) for qid in range(self.ring.queues)]
+        self.queues = [QueueSession(self, qid, handlers, minor, self.log, entries) for qid in range(self.ring.queues)]
         for queue in self.queues:
             queue.start()
 
