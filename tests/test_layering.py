@@ -47,7 +47,7 @@ def pykld_imports(path: Path) -> list[str]:
 
 
 # The C extensions built from src/pykld/_ext/: the request loops, which only transports run.
-EXTENSIONS = {"_loop", "_uring"}
+EXTENSIONS = {"_loop"}
 
 
 def target_layer(name: str) -> str:
