@@ -341,3 +341,26 @@ def per_call(fn: Callable[[], object], n: int, repeat: int) -> float:
             fn()
         best = min(best, time.perf_counter() - t)
     return best / n * 1e6
+
+
+def membuf_behind_null_channel() -> tuple[Any, Any, Any, Any]:
+    """examples/membuf.py in a Kernel, the FUSE devfs handler serving it, and a Session built as
+    FuseTransport builds it (with its compiled entries) whose replies go to /dev/null: nothing is
+    mounted.  Returns (kernel, handler, cdev, session), the sink being session.fd; the caller has
+    put ROOT/src on sys.path."""
+    from pykld.fuse import abi
+    from pykld.kernel.kernel import Kernel
+    from pykld.transport.fuse import DevfsHandler
+    from pykld.transport.session import Session
+
+    kernel = Kernel()
+    handler = DevfsHandler(kernel)
+    kernel.devfs.subscribe(handler.track)
+    kernel.kldload(str(ROOT / "examples" / "membuf.py"))
+    cdev = kernel.devfs.lookup("membuf")
+    assert cdev is not None
+    sink = os.open("/dev/null", os.O_WRONLY)
+    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256),
+                      entries=handler.compiled_entries())
+    handler.attach(session)
+    return kernel, handler, cdev, session

@@ -21,15 +21,12 @@ import struct
 import sys
 from collections.abc import Callable
 
-from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, per_call
+from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, membuf_behind_null_channel, per_call
 
 sys.path.insert(0, str(ROOT / "src"))
 
 from pykld.fuse import abi, request  # noqa: E402
-from pykld.kernel.kernel import Kernel  # noqa: E402
 from pykld.kernel.uio import Uio  # noqa: E402
-from pykld.transport.fuse import DevfsHandler  # noqa: E402
-from pykld.transport.session import Session  # noqa: E402
 
 FLUSH_IN = struct.Struct("<Q8xQ")  # fuse_flush_in: fh, unused, padding, lock_owner
 
@@ -41,18 +38,8 @@ def main() -> int:
     args = parser.parse_args()
     n, repeat = args.n, args.repeat
 
-    kernel = Kernel()
-    handler = DevfsHandler(kernel)
-    kernel.devfs.subscribe(handler.track)
-    kernel.kldload(str(ROOT / "examples" / "membuf.py"))
-    cdev = kernel.devfs.lookup("membuf")
-    assert cdev is not None
-    sink = os.open("/dev/null", os.O_WRONLY)
-    # With its entries, as FuseTransport builds it: else the compiled loop would serve
-    # everything through the Python fallback.
-    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256),
-                      entries=handler.compiled_entries())
-    handler.attach(session)
+    _kernel, handler, cdev, session = membuf_behind_null_channel()
+    sink = session.fd
     session.minor = abi.OUR_MINOR
 
     # open the device as FUSE would, and fill 1 MiB

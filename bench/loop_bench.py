@@ -20,29 +20,18 @@ import os
 import sys
 from collections.abc import Callable
 
-from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, per_call
+from common import OPEN_IN, RELEASE_IN, ROOT, RW_IN, fuse_message, membuf_behind_null_channel, per_call
 
 sys.path.insert(0, str(ROOT / "src"))
 
 from pykld.fuse import abi  # noqa: E402
-from pykld.kernel.kernel import Kernel  # noqa: E402
-from pykld.transport.fuse import DevfsHandler  # noqa: E402
-from pykld.transport.session import Session  # noqa: E402
 
 
 def stages(loop: str, n: int, repeat: int) -> list[tuple[str, float]]:
     os.environ["PYKLD_LOOP"] = loop
-    kernel = Kernel()
-    handler = DevfsHandler(kernel)
-    kernel.devfs.subscribe(handler.track)
-    kernel.kldload(str(ROOT / "examples" / "membuf.py"))
-    cdev = kernel.devfs.lookup("membuf")
-    assert cdev is not None
-    sink = os.open("/dev/null", os.O_WRONLY)
-    session = Session(sink, handler.handlers(), abi.read_buffer_size(1 << 20, 256),
-                      entries=handler.compiled_entries())
+    kernel, handler, cdev, session = membuf_behind_null_channel()
+    sink = session.fd
     assert session.loop == loop, session.loop_why
-    handler.attach(session)
     buf = bytearray(abi.read_buffer_size(1 << 20, 256))
     view = memoryview(buf)
 
