@@ -16,8 +16,7 @@
  * protocol (Linux 6.14), so that part is defined here, from the kernel's uapi.
  *
  * The arena, one anonymous mapping for every entry of every queue, is this
- * object's buffer: Python's memoryviews of it (wait()'s callers) keep it
- * mapped.  serve() hands a WRITE's data to the driver as dispatch.c's view of
+ * object's buffer: a Python memoryview of it keeps it mapped.  serve() hands a WRITE's data to the driver as dispatch.c's view of
  * the raw payload, as the classic loop does of its buffer: valid while the
  * Ring lives (RingServer keeps it), and a driver must not keep it past its
  * request anyway.  Entry layout, one page of headers then the payload:
@@ -29,14 +28,14 @@
  * so Python's decoders see one classic FUSE message and WRITE data is never
  * copied.
  *
- * Two ways to serve a queue.  serve(), the C loop each ring thread runs: wait
+ * serve() is the C loop each ring thread runs: wait
  * for a completion with the GIL released, take the GIL, pykld_dispatch()
  * (dispatch.h: Python only for the driver's operation and for what it hands
  * to the session's answer()), the out header into the entry's header area and
  * the payload straight into its payload buffer (pykld_reply_copy), release
  * the reply, commit-and-fetch with the GIL released, then the Session's
- * reader role (loop.c's helpers).  Or wait() and commit() from Python.
- * Threads: any thread may wait (one at a time per queue) or commit;
+ * reader role (loop.c's helpers).
+ * Threads: one thread at a time waits on a queue (the Session's reader role);
  * the submitter of an entry's command is the thread whose task runs the
  * kernel's work for it, so callers keep their threads alive while the ring is.
  */
@@ -414,7 +413,7 @@ static PyObject *Ring_register(RingObject *r, PyObject *arg)
             head++;
             continue;
         }
-        break; /* a request already: wait() takes it */
+        break; /* a request already: the caller takes it */
     }
     __atomic_store_n(q->cq_head, head, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&q->cq_lock);
@@ -425,12 +424,6 @@ static PyObject *Ring_register(RingObject *r, PyObject *arg)
     q->registered = 1;
     Py_RETURN_NONE;
 }
-
-PyDoc_STRVAR(wait_doc,
-             "wait(qid) -> (entry, start, nbytes) | None\n\n"
-             "Wait, without the GIL, for the next request on queue qid.  The request is rebuilt as\n"
-             "one classic FUSE message at memoryview(ring)[start:start+nbytes]; answer it with\n"
-             "commit(qid, entry, reply).  None when the connection is over (or wake() was called).");
 
 /* Waits, without the GIL, for the next completion on q: 1 with *ent set, 0 when the
  * connection is over (or woken), -errno when io_uring_enter fails. */
@@ -497,84 +490,6 @@ static char *entry_contiguous(RingObject *r, unsigned qid, unsigned ent, uint32_
     return start;
 }
 
-static PyObject *Ring_wait(RingObject *r, PyObject *arg)
-{
-    unsigned qid = (unsigned)PyLong_AsUnsignedLong(arg);
-    if (PyErr_Occurred() || check_qid(r, qid) < 0)
-        return NULL;
-    unsigned ent = 0;
-    int got = queue_wait(r, &r->queues[qid], &ent);
-    if (got < 0) {
-        errno = -got;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    if (got == 0)
-        Py_RETURN_NONE;
-    uint32_t len, op_sz;
-    if (entry_take(r, qid, ent, &len, &op_sz) < 0) {
-        PyErr_Format(PyExc_OSError, "malformed ring request on entry %u: len %u", ent, len);
-        return NULL;
-    }
-    char *start = entry_contiguous(r, qid, ent, op_sz);
-    return Py_BuildValue("(Inn)", ent, (Py_ssize_t)(start - r->arena), (Py_ssize_t)len);
-}
-
-/* Copies the reply (bytes-like, or a sequence of them: out header first) into the entry. */
-static int fill_reply(RingObject *r, unsigned qid, unsigned ent, PyObject *reply)
-{
-    struct fuse_uring_req_header *h = entry_header(r, qid, ent);
-    char *payload = entry_payload(r, qid, ent);
-    size_t at = 0; /* bytes of the classic reply seen so far */
-    PyObject *seq = NULL;
-    PyObject *const *items;
-    Py_ssize_t count;
-    if (PyObject_CheckBuffer(reply)) {
-        items = &reply;
-        count = 1;
-    } else {
-        seq = PySequence_Fast(reply, "a reply is a bytes-like object or a sequence of them");
-        if (!seq)
-            return -1;
-        items = PySequence_Fast_ITEMS(seq);
-        count = PySequence_Fast_GET_SIZE(seq);
-    }
-    for (Py_ssize_t i = 0; i < count; i++) {
-        Py_buffer b;
-        if (PyObject_GetBuffer(items[i], &b, PyBUF_SIMPLE) < 0) {
-            Py_XDECREF(seq);
-            return -1;
-        }
-        const char *src = b.buf;
-        size_t n = (size_t)b.len;
-        if (at < FUSE_OUT_HEADER_SZ) {
-            size_t take = n < FUSE_OUT_HEADER_SZ - at ? n : FUSE_OUT_HEADER_SZ - at;
-            memcpy(h->in_out + at, src, take);
-            at += take;
-            src += take;
-            n -= take;
-        }
-        if (n) {
-            size_t off = at - FUSE_OUT_HEADER_SZ;
-            if (off + n > r->payload_size) {
-                PyBuffer_Release(&b);
-                Py_XDECREF(seq);
-                PyErr_Format(PyExc_ValueError, "reply of %zu bytes exceeds the ring's payload", off + n);
-                return -1;
-            }
-            memcpy(payload + off, src, n);
-            at += n;
-        }
-        PyBuffer_Release(&b);
-    }
-    Py_XDECREF(seq);
-    if (at < FUSE_OUT_HEADER_SZ) {
-        PyErr_SetString(PyExc_ValueError, "reply shorter than fuse_out_header");
-        return -1;
-    }
-    h->ring_ent_in_out.payload_sz = (uint32_t)(at - FUSE_OUT_HEADER_SZ);
-    return 0;
-}
-
 /* An error reply in place: the out header's error, no payload. */
 static void fill_error(RingObject *r, unsigned qid, unsigned ent, int error)
 {
@@ -614,38 +529,6 @@ static int queue_commit(RingObject *r, unsigned qid, unsigned ent)
     pthread_mutex_unlock(&q->sq_lock);
     Py_END_ALLOW_THREADS
     return rc;
-}
-
-PyDoc_STRVAR(commit_doc,
-             "commit(qid, entry, reply) -> bool\n\n"
-             "Answer the request entry holds with reply (bytes, or a sequence of buffers: the\n"
-             "fuse_out_header then the payload; None answers EIO) and give the entry back for the\n"
-             "next request.  False when the connection is over.");
-
-static PyObject *Ring_commit(RingObject *r, PyObject *args)
-{
-    unsigned qid, ent;
-    PyObject *reply;
-    if (!PyArg_ParseTuple(args, "IIO", &qid, &ent, &reply) || check_qid(r, qid) < 0)
-        return NULL;
-    if (ent >= r->depth) {
-        PyErr_Format(PyExc_ValueError, "no entry %u", ent);
-        return NULL;
-    }
-    /* fill_error takes the unique at offset 8, where the in header and the out header
-     * both keep it: after a half-copied reply too. */
-    if (reply == Py_None) {
-        fill_error(r, qid, ent, EIO);
-    } else if (fill_reply(r, qid, ent, reply) < 0) {
-        PyErr_Clear(); /* the caller must still get an answer: a reply pykld cannot send is EIO */
-        fill_error(r, qid, ent, EIO);
-    }
-    int rc = queue_commit(r, qid, ent);
-    if (rc == -EBUSY) {
-        PyErr_SetString(PyExc_RuntimeError, "ring full: more commands than entries");
-        return NULL;
-    }
-    return PyBool_FromLong(rc >= 0);
 }
 
 /* ---- the C loop: one ring thread serving its queue through pykld_dispatch() ---- */
@@ -751,7 +634,7 @@ out:
     return result;
 }
 
-PyDoc_STRVAR(wake_doc, "wake(qid) -> None\n\nMake a wait(qid) in progress return None (a NOP through the ring).");
+PyDoc_STRVAR(wake_doc, "wake(qid) -> None\n\nMake a serve(qid) in progress return (a NOP through the ring).");
 
 static PyObject *Ring_wake(RingObject *r, PyObject *arg)
 {
@@ -804,7 +687,7 @@ static PyObject *Ring_served(RingObject *r, PyObject *arg)
     return PyLong_FromUnsignedLongLong(r->queues[qid].served);
 }
 
-PyDoc_STRVAR(held_doc, "held(qid) -> int\n\nEntries of queue qid taken by wait() and not committed yet.");
+PyDoc_STRVAR(held_doc, "held(qid) -> int\n\nEntries of queue qid taken from the kernel and not committed yet.");
 
 static PyObject *Ring_held(RingObject *r, PyObject *arg)
 {
@@ -817,9 +700,7 @@ static PyObject *Ring_held(RingObject *r, PyObject *arg)
 static PyMethodDef Ring_methods[] = {
     {"held", (PyCFunction)Ring_held, METH_O, held_doc},
     {"register", (PyCFunction)Ring_register, METH_O, register_doc},
-    {"wait", (PyCFunction)Ring_wait, METH_O, wait_doc},
     {"serve", (PyCFunction)Ring_serve, METH_VARARGS, serve_doc},
-    {"commit", (PyCFunction)Ring_commit, METH_VARARGS, commit_doc},
     {"wake", (PyCFunction)Ring_wake, METH_O, wake_doc},
     {"close", (PyCFunction)Ring_close, METH_NOARGS, close_doc},
     {"served", (PyCFunction)Ring_served, METH_O, served_doc},

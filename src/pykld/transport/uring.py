@@ -173,7 +173,6 @@ class QueueSession(Session):
     def _work(self) -> None:
         _serving.session = self
         ring, qid = self.rings.ring, self.qid
-        view = self.rings.view
         try:
             try:
                 os.sched_setaffinity(0, {qid})
@@ -184,21 +183,9 @@ class QueueSession(Session):
                 if not self.rings.register(qid):
                     self._stopping = True
                     return
-            if self._dispatcher is not None:
-                ring.serve(qid, self._dispatcher, self)  # the loop below, in C
-                return
-            while True:  # PYKLD_LOOP=python cannot get here (plan()); kept for Ring's Python API
-                got = ring.wait(qid)
-                if got is None:
-                    self._stopping = True
-                    return
-                self._took()
-                entry, start, nbytes = got
-                if not ring.commit(qid, entry, self.answer(view[start:start + nbytes], nbytes)):
-                    self._stopping = True
-                    return
-                if not self._take_reader_role():
-                    return
+            # plan() offers the ring only where the compiled loop serves: a dispatcher exists.
+            assert self._dispatcher is not None
+            ring.serve(qid, self._dispatcher, self)  # the C loop: wait, dispatch, commit-and-fetch
         finally:
             with self._lock:
                 self._workers -= 1
@@ -215,7 +202,7 @@ class RingServer:
         self.fd = fd
         self.log = log
         self.ring = uring.Ring(fd, possible_cpus(), DEPTH, payload_size)
-        self.view = memoryview(self.ring)
+        self.view = memoryview(self.ring)  # keeps the arena mapped while this server lives (WRITE data)
         self.queues: list[QueueSession] = []
         self.failed = threading.Event()
         self.connection: int | None = None  # the fusectl number, set once mounted
